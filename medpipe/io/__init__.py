@@ -1,0 +1,1 @@
+"""Reading and writing images, DICOM series geometry, and the geometry contract. Pure functions, no printing."""

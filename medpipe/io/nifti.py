@@ -1,0 +1,194 @@
+"""NIfTI reading with a header pre-flight, and label-map writing.
+
+Conventions: arrays are in the file's voxel order (I, J, K[, C]); affines map voxel indices to RAS+ world
+millimetres (nibabel's convention; the sform when its code is set, else the qform).
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medpipe.errors import InputError
+
+#: A volume larger than this many voxels is refused before allocation (lying headers, gzip bombs).
+MAX_VOXELS = 2048 * 2048 * 2048
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def is_nifti_path(path: Path) -> bool:
+    """True when the file name ends in .nii or .nii.gz."""
+    return path.name.endswith(NIFTI_SUFFIXES)
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """The file name without its NIfTI extension (``case_00001.nii.gz`` -> ``case_00001``)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+@dataclass(frozen=True)
+class NiftiInfo:
+    """What a NIfTI header says, checked for plausibility. ``spacing_mm`` is per array axis (I, J, K)."""
+
+    path: Path
+    shape: tuple[int, ...]
+    spacing_mm: tuple[float, ...]
+    affine: np.ndarray
+    dtype: str
+    orientation: str
+
+    @property
+    def n_channels(self) -> int:
+        """Size of the 4th axis (1 for a 3D image)."""
+        return self.shape[3] if len(self.shape) > 3 else 1
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        if path.is_symlink():
+            raise InputError("broken symbolic link", path=path)
+        raise InputError("file not found", path=path)
+    if path.is_dir():
+        raise InputError("is a folder, expected a NIfTI file (.nii/.nii.gz)", path=path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(2)
+    except OSError as err:
+        raise InputError(f"cannot read file: {err.strerror or err}", path=path) from err
+    if size == 0:
+        raise InputError("empty file (0 bytes), expected a NIfTI image", path=path)
+    if path.name.endswith(".gz") and head != b"\x1f\x8b":
+        raise InputError("named .gz but is not gzip-compressed", path=path, hint="rename it to .nii")
+
+
+def inspect_nifti(path: str | Path, *, allow_4d: bool = False) -> NiftiInfo:
+    """Read and validate a NIfTI header without reading voxel data.
+
+    Raises :class:`InputError` for a missing/empty/non-NIfTI file, a 2D or 5D image (4D unless
+    ``allow_4d``), a declared size over :data:`MAX_VOXELS`, a truncated uncompressed file, zero or negative
+    spacing, or a singular affine.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        img = nib.load(str(path))
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as err:
+        raise InputError(f"not a readable NIfTI image ({err})", path=path) from err
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(f"expected a NIfTI image, found {type(img).__name__}", path=path)
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) < 3 or (len(shape) == 3 and min(shape) == 1 and shape[2] == 1):
+        raise InputError(f"2D image (shape {shape}), expected a 3D volume", path=path)
+    if len(shape) > 4 or (len(shape) == 4 and not allow_4d):
+        want = "a 3D volume or 4D channels" if allow_4d else "a 3D volume"
+        raise InputError(f"{len(shape)}D image (shape {shape}), expected {want}", path=path)
+    if any(s < 1 for s in shape) or int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        raise InputError(f"implausible size {shape} (more than {MAX_VOXELS} voxels)", path=path)
+    hdr = img.header
+    if not path.name.endswith(".gz"):
+        expected = int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
+        actual = path.stat().st_size
+        if actual < expected:
+            raise InputError(f"truncated file: {actual} bytes, header declares {expected}", path=path)
+    pixdim = np.asarray(hdr.get_zooms()[:3], dtype=float)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise InputError(
+            f"zero or negative voxel spacing {tuple(float(p) for p in pixdim)} mm, expected positive values",
+            path=path,
+        )
+    qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])
+    if qcode == 0 and scode == 0:
+        raise InputError("no valid spatial transform (qform_code and sform_code are both 0)", path=path)
+    affine = np.asarray(img.affine, dtype=float)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError("singular or non-finite affine", path=path)
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    unit = affine[:3, :3] / np.asarray(spacing)
+    shear = float(np.max(np.abs(unit.T @ unit - np.eye(3))))
+    if shear > 1e-3:
+        raise InputError(
+            f"sheared (non-orthogonal) affine: axis cosines deviate from orthogonal by {shear:.3g}",
+            path=path,
+            hint="resample the image onto an orthogonal grid first",
+        )
+    orientation = "".join(nib.aff2axcodes(affine))
+    return NiftiInfo(path, shape, spacing, affine, str(hdr.get_data_dtype()), orientation)
+
+
+def load_nifti(path: str | Path, *, allow_4d: bool = False, dtype: type = np.float32) -> tuple[np.ndarray, NiftiInfo]:
+    """Load a validated NIfTI image (scaling applied) and refuse NaN/Inf voxels. Returns (array, info)."""
+    info = inspect_nifti(path, allow_4d=allow_4d)
+    try:
+        data = np.asanyarray(nib.load(str(info.path)).dataobj).astype(dtype, copy=False)
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
+        raise InputError(f"cannot read voxel data ({err})", path=info.path) from err
+    check_finite(data, info.path)
+    return data, info
+
+
+def check_finite(data: np.ndarray, path: str | Path) -> None:
+    """Raise :class:`InputError` naming the count of NaN and Inf voxels, if any."""
+    if np.issubdtype(data.dtype, np.floating):
+        n_nan = int(np.isnan(data).sum())
+        n_inf = int(np.isinf(data).sum())
+        if n_nan or n_inf:
+            raise InputError(f"{n_nan} NaN and {n_inf} Inf voxels, expected finite values", path=path)
+
+
+def load_label(path: str | Path, allowed: set[int] | None = None) -> tuple[np.ndarray, NiftiInfo]:
+    """Load an integer label map. Refuses scaling, non-integer values, and values outside ``allowed``."""
+    info = inspect_nifti(path)
+    img = nib.load(str(info.path))
+    slope, inter = img.header.get_slope_inter()
+    if (slope is not None and slope != 1.0) or (inter is not None and inter != 0.0):
+        raise InputError(f"label file has intensity scaling (slope {slope}, intercept {inter})", path=path)
+    try:
+        raw = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise InputError(f"cannot read voxel data ({err})", path=path) from err
+    if np.issubdtype(raw.dtype, np.floating):
+        check_finite(raw, path)
+        rounded = np.rint(raw)
+        err_max = float(np.max(np.abs(raw - rounded))) if raw.size else 0.0
+        if err_max > 1e-3:
+            raise InputError(f"non-integer label values (max deviation {err_max:.4g})", path=path)
+        raw = rounded
+    labels = raw.astype(np.int32)
+    if allowed is not None:
+        unexpected = sorted(set(np.unique(labels).tolist()) - set(allowed))
+        if unexpected:
+            raise InputError(
+                f"label values {unexpected} are not in the label map {sorted(allowed)}",
+                path=path,
+                hint="fix the label file or the config's labels",
+            )
+    return labels, info
+
+
+def label_dtype(max_label: int) -> type:
+    """uint8 when the labels fit, else uint16."""
+    if max_label < 0 or max_label > 65535:
+        raise ValueError(f"label value {max_label} does not fit uint16")
+    return np.uint8 if max_label <= 255 else np.uint16
+
+
+def mask_image(labels: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """A NIfTI label image: integer dtype, slope 1 / intercept 0, qform = sform = ``affine`` (code 1)."""
+    max_label = int(labels.max()) if labels.size else 0
+    arr = np.ascontiguousarray(labels.astype(label_dtype(max_label)))
+    img = nib.Nifti1Image(arr, affine)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header["descrip"] = b"medpipe mask"
+    return img

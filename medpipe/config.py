@@ -1,0 +1,274 @@
+"""One typed, frozen pipeline configuration; ``pipelines/*.yaml`` map onto it field for field.
+
+Precedence: CLI flag > YAML > the defaults below. Unknown keys, wrong types and unknown names are errors
+that name the file and the key. Relative paths in the YAML are resolved against the YAML file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from medpipe.errors import ConfigError
+
+Triple = tuple[float, float, float]
+IntTriple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the cases are and how they are split."""
+
+    root: str = ""
+    format: Literal["auto", "kits", "brats2023", "brats2021", "msd", "nnunet", "list"] = "auto"
+    val_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Preprocessing (shared by training and inference) and training-time sampling/augmentation."""
+
+    orientation: str = "RAS"
+    spacing_mm: Triple = (1.0, 1.0, 1.0)
+    intensity: Literal["ct_window", "zscore_nonzero"] = "ct_window"
+    hu_window: tuple[float, float] = (-200.0, 300.0)
+    crop_foreground: bool = True
+    patch_size_vox: IntTriple = (64, 64, 32)
+    samples_per_case: int = 4
+    pos_fraction: float = 0.67
+    augment: bool = True
+    flip_prob: float = 0.5
+    rotate_prob: float = 0.2
+    scale_prob: float = 0.2
+    intensity_prob: float = 0.3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network architecture (built by :func:`medpipe.models.build_model`)."""
+
+    arch: Literal["unet3d", "unet2d", "dynunet"] = "unet3d"
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 1
+    norm: Literal["instance", "batch"] = "instance"
+    dropout: float = 0.0
+    deep_supervision: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation, validation and checkpointing."""
+
+    epochs: int = 50
+    iterations_per_epoch: int = 0
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "poly", "none"] = "cosine"
+    val_every: int = 5
+    amp: bool = True
+    num_workers: int = 0
+    cache: bool = True
+    seed: int = 0
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window inference."""
+
+    roi_size_vox: IntTriple = (64, 64, 32)
+    overlap: float = 0.5
+    sw_batch_size: int = 4
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    amp: bool = True
+    keep_largest: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole pipeline. ``labels`` maps integer values to names; 0 is background."""
+
+    name: str = "pipeline"
+    modality: Literal["CT", "MR"] = "CT"
+    channels: tuple[str, ...] = ("CT",)
+    labels: dict[int, str] = field(default_factory=lambda: {0: "background", 1: "foreground"})
+    data: DataConfig = field(default_factory=DataConfig)
+    transforms: TransformConfig = field(default_factory=TransformConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of the network: max label + 1."""
+        return max(self.labels) + 1
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML/JSON-serialisable dict (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: the config hash recorded beside outputs."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def with_overrides(self, **sections: dict[str, Any]) -> PipelineConfig:
+        """A copy with fields of sections replaced, e.g. ``with_overrides(training={"epochs": 3})``."""
+        updates: dict[str, Any] = {}
+        for section, values in sections.items():
+            current = getattr(self, section)
+            updates[section] = dataclasses.replace(current, **values) if values else current
+        return dataclasses.replace(self, **updates)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples; raise ConfigError."""
+    origin = get_origin(tp)
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"key '{where}': expected {expected}, found {value!r}", path=source)
+
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        return _build(tp, value, where, source)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise fail("one of " + ", ".join(repr(a) for a in get_args(tp)))
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _coerce(value, arg, where, source)
+            except ConfigError:
+                continue
+        raise fail(" or ".join(_type_name(a) for a in get_args(tp)))
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise fail("a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise fail(f"a list of {len(args)} values")
+        return tuple(_coerce(v, a, f"{where}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        kt, vt = get_args(tp)
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        return {_coerce(k, kt, f"{where}.{k}", source): _coerce(v, vt, f"{where}.{k}", source) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail("a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    raise ConfigError(f"key '{where}': unsupported type {tp}", path=source)
+
+
+def _build(cls: Any, raw: dict[str, Any], prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(
+                f"unknown key '{where}'", path=source, hint="valid keys here: " + ", ".join(sorted(names))
+            )
+        kwargs[key] = _coerce(value, hints[key], where, source)
+    return cls(**kwargs)
+
+
+def _validate(cfg: PipelineConfig, source: str) -> None:
+    def bad(key: str, msg: str) -> ConfigError:
+        return ConfigError(f"key '{key}': {msg}", path=source)
+
+    if 0 not in cfg.labels or any(k < 0 for k in cfg.labels):
+        raise bad("labels", f"must contain 0 (background) and only non-negative values, found {sorted(cfg.labels)}")
+    if not cfg.channels:
+        raise bad("channels", "at least one input channel is needed")
+    if any(s <= 0 for s in cfg.transforms.spacing_mm):
+        raise bad("transforms.spacing_mm", f"spacing must be positive, found {cfg.transforms.spacing_mm}")
+    if cfg.transforms.hu_window[0] >= cfg.transforms.hu_window[1]:
+        raise bad("transforms.hu_window", f"lower bound must be below upper, found {cfg.transforms.hu_window}")
+    if any(s < 1 for s in cfg.transforms.patch_size_vox + cfg.inference.roi_size_vox):
+        raise bad("transforms.patch_size_vox", "patch sizes must be positive")
+    if not 0.0 <= cfg.inference.overlap < 1.0:
+        raise bad("inference.overlap", f"must be in [0, 1), found {cfg.inference.overlap}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise bad("data.val_fraction", f"must be in (0, 1), found {cfg.data.val_fraction}")
+    if len(cfg.model.strides) != len(cfg.model.channels) - 1:
+        raise bad("model.strides", f"needs len(channels) - 1 = {len(cfg.model.channels) - 1} entries")
+    for name in ("epochs", "batch_size", "val_every", "samples_per_case", "sw_batch_size"):
+        section = "training" if hasattr(cfg.training, name) else (
+            "transforms" if hasattr(cfg.transforms, name) else "inference")
+        if getattr(getattr(cfg, section), name) < 1:
+            raise bad(f"{section}.{name}", "must be at least 1")
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> PipelineConfig:
+    """Build and validate a config from a parsed YAML mapping; relative ``data.root`` is resolved."""
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a mapping at the top level of the config", path=source)
+    cfg: PipelineConfig = _build(PipelineConfig, raw, "", source)
+    _validate(cfg, source)
+    if cfg.data.root and base_dir is not None and not Path(cfg.data.root).is_absolute():
+        root = (base_dir / cfg.data.root).resolve()
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
+    return cfg
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read a pipeline YAML file into a validated, frozen :class:`PipelineConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", path=path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"not valid YAML ({err})", path=path) from err
+    return config_from_dict(raw or {}, str(path), base_dir=path.resolve().parent)
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    """The config as YAML text (round-trips through :func:`config_from_dict`)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

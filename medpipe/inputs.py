@@ -1,0 +1,134 @@
+"""Inference inputs: NIfTI files, folders of them, multi-channel groups, and DICOM folders -> cases.
+
+A case read for inference is a channel-first float32 array on its source grid (RAS+ affine), validated:
+finite values, positive spacing, a sane affine, and all channels on one grid.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medpipe.errors import InputError
+from medpipe.io.geometry import Grid, require_same_grid
+from medpipe.io.nifti import case_id_from_path, is_nifti_path, load_nifti
+from medpipe.runtime import sha256_files
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One case to segment: NIfTI files (one per channel, in channel order) or one DICOM folder."""
+
+    case_id: str
+    files: tuple[Path, ...] = ()
+    dicom_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    """A read case: ``array`` is (C, I, J, K) float32 on ``grid``; ``provenance`` says how it was read."""
+
+    case_id: str
+    array: np.ndarray
+    grid: Grid
+    input_sha256: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _channel_pattern(channels: tuple[str, ...]) -> re.Pattern[str]:
+    names = "|".join(re.escape(c) for c in channels)
+    return re.compile(rf"^(?P<case>.+?)[-_](?P<chan>{names}|\d{{4}})$")
+
+
+def _is_dicom_dir(path: Path) -> bool:
+    from medpipe.io.dicom import is_dicom_folder
+
+    return is_dicom_folder(path)
+
+
+def collect_inputs(paths: list[Path], channels: tuple[str, ...]) -> list[InputCase]:
+    """Expand files/folders into cases. Multi-channel models need ``<case>-<channel>.nii.gz`` (or ``_<channel>``,
+    or nnU-Net ``_0000``) files for every channel."""
+    files: list[Path] = []
+    cases: list[InputCase] = []
+    for p in paths:
+        if p.is_dir():
+            nifti = sorted(f for f in p.iterdir() if f.is_file() and is_nifti_path(f))
+            if nifti:
+                files += nifti
+            elif _is_dicom_dir(p):
+                cases.append(InputCase(case_id="", dicom_dir=p))
+            else:
+                raise InputError("folder holds no NIfTI files and no DICOM series", path=p)
+        elif p.exists() or p.is_symlink():
+            files.append(p)
+        else:
+            raise InputError("input not found", path=p)
+    if len(channels) == 1:
+        cases += [InputCase(case_id_from_path(f), (f,)) for f in files]
+    else:
+        cases += _group_channels(files, channels)
+    return cases
+
+
+def _group_channels(files: list[Path], channels: tuple[str, ...]) -> list[InputCase]:
+    pattern = _channel_pattern(channels)
+    groups: dict[str, dict[int, Path]] = {}
+    for f in files:
+        m = pattern.match(case_id_from_path(f))
+        if not m:
+            raise InputError(
+                f"cannot tell which channel this file is; expected a name ending in one of {list(channels)}",
+                path=f,
+            )
+        chan = m.group("chan")
+        index = int(chan) if chan.isdigit() else channels.index(chan)
+        groups.setdefault(m.group("case"), {})[index] = f
+    out = []
+    for case_id, by_index in sorted(groups.items()):
+        missing = [channels[i] for i in range(len(channels)) if i not in by_index]
+        if missing:
+            raise InputError(f"case {case_id}: missing channels {missing}", path=next(iter(by_index.values())).parent)
+        out.append(InputCase(case_id, tuple(by_index[i] for i in range(len(channels)))))
+    return out
+
+
+def load_case(case: InputCase, n_channels: int, dicom_options: dict[str, Any] | None = None) -> LoadedCase:
+    """Read and validate one case."""
+    if case.dicom_dir is not None:
+        return _load_dicom(case, n_channels, dicom_options or {})
+    arrays, grid = [], None
+    for f in case.files:
+        data, info = load_nifti(f, allow_4d=n_channels > 1 and len(case.files) == 1)
+        g = Grid((info.shape[0], info.shape[1], info.shape[2]), info.affine)
+        if grid is None:
+            grid = g
+        else:
+            require_same_grid(g, grid, f, what=f"channel grid (vs {case.files[0].name})")
+        arrays += [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
+    if grid is None:
+        raise InputError("case has no image files", path=case.case_id)
+    if len(arrays) != n_channels:
+        raise InputError(f"{len(arrays)} channels, the model expects {n_channels}", path=case.files[0])
+    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)), {"source": "nifti"})
+
+
+def _load_dicom(case: InputCase, n_channels: int, options: dict[str, Any]) -> LoadedCase:
+    import hashlib
+
+    from medpipe.io.dicom import read_dicom_volume
+
+    folder = Path(case.dicom_dir or "")
+    vol = read_dicom_volume(folder, **options)
+    if n_channels != 1:
+        raise InputError(f"a DICOM series gives 1 channel, the model expects {n_channels}", path=folder)
+    arr = np.asarray(vol.array, dtype=np.float32)
+    grid = Grid((arr.shape[0], arr.shape[1], arr.shape[2]), np.asarray(vol.affine, dtype=float))
+    digest = hashlib.sha256(arr.tobytes() + grid.affine.tobytes()).hexdigest()
+    case_id = case.case_id or f"series{vol.series_number if vol.series_number is not None else 'X'}"
+    prov = {"source": "dicom", "series_uid": vol.series_uid, **vol.provenance}
+    return LoadedCase(case_id, arr[None], grid, digest, prov)

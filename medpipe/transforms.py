@@ -1,0 +1,119 @@
+"""MONAI dictionary transform chains built from the config.
+
+Preprocessing (shared by training, validation and inference) brings every case into network space:
+channel-first (C, I, J, K) float32, oriented to ``transforms.orientation`` (RAS), resampled to
+``transforms.spacing_mm``, intensity-normalised (CT: HU window clipped and scaled to [0, 1]; MR: per-channel
+z-score over non-zero voxels) and cropped to the foreground. Every step is a MONAI invertible transform, and the
+image carries its source grid in its metadata, so that :mod:`medpipe.export` can put predictions back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from monai import transforms as mt
+
+from medpipe.config import PipelineConfig
+
+
+def foreground_ct(x: Any) -> Any:
+    """Body mask for a windowed CT image scaled to [0, 1]: everything above the window's lower bound."""
+    return x > 0.0
+
+
+def foreground_nonzero(x: Any) -> Any:
+    """Foreground for skull-stripped MR: non-zero voxels."""
+    return x != 0
+
+
+def intensity_transform(cfg: PipelineConfig, key: str = "image") -> mt.MapTransform:
+    """CT window (clip to ``hu_window``, scale to [0, 1]) or MR per-channel non-zero z-score."""
+    t = cfg.transforms
+    if t.intensity == "ct_window":
+        lo, hi = t.hu_window
+        return mt.ScaleIntensityRanged(keys=key, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+    return mt.NormalizeIntensityd(keys=key, nonzero=True, channel_wise=True)
+
+
+def spatial_transforms(cfg: PipelineConfig, keys: Sequence[str]) -> list[mt.MapTransform]:
+    """Orientation then spacing (in that order: resampling needs the oriented axes)."""
+    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+    return [
+        mt.Orientationd(keys=list(keys), axcodes=cfg.transforms.orientation),
+        mt.Spacingd(keys=list(keys), pixdim=cfg.transforms.spacing_mm, mode=modes, padding_mode="border"),
+    ]
+
+
+def crop_transform(cfg: PipelineConfig, keys: Sequence[str]) -> list[mt.MapTransform]:
+    """Foreground crop on the (normalised) image, if configured."""
+    if not cfg.transforms.crop_foreground:
+        return []
+    select = foreground_ct if cfg.transforms.intensity == "ct_window" else foreground_nonzero
+    return [mt.CropForegroundd(keys=list(keys), source_key="image", select_fn=select, margin=2, allow_smaller=True)]
+
+
+def preprocess(cfg: PipelineConfig, with_label: bool, load: bool = True) -> mt.Compose:
+    """Deterministic preprocessing. With ``load`` the chain starts from file paths (``image``, ``label``);
+    without, from an in-memory channel-first MetaTensor under ``image`` carrying its affine."""
+    keys = ["image", "label"] if with_label else ["image"]
+    chain: list[Any] = []
+    if load:
+        chain += [
+            mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+            mt.EnsureChannelFirstd(keys=keys),
+        ]
+    chain += spatial_transforms(cfg, keys)
+    chain.append(intensity_transform(cfg))
+    chain += crop_transform(cfg, keys)
+    chain.append(mt.EnsureTyped(keys=keys, dtype=np.float32, track_meta=True))
+    return mt.Compose(chain)
+
+
+def augmentation(cfg: PipelineConfig) -> list[mt.MapTransform]:
+    """The standard spatial + intensity augmentation set (applied to patches, so it is cheap)."""
+    t = cfg.transforms
+    if not t.augment:
+        return []
+    keys = ["image", "label"]
+    spacing = np.asarray(t.spacing_mm)
+    anisotropic = spacing.max() / spacing.min() > 2.0
+    rot = (0.26, 0.26, 0.26) if not anisotropic else (0.0, 0.0, 0.26)
+    return [
+        mt.RandAffined(
+            keys=keys, prob=max(t.rotate_prob, t.scale_prob), rotate_range=rot, scale_range=(0.15, 0.15, 0.15),
+            mode=("bilinear", "nearest"), padding_mode="zeros", cache_grid=True,
+            spatial_size=t.patch_size_vox,
+        ),
+        mt.RandFlipd(keys=keys, prob=t.flip_prob, spatial_axis=0),
+        mt.RandFlipd(keys=keys, prob=t.flip_prob, spatial_axis=1),
+        mt.RandFlipd(keys=keys, prob=t.flip_prob, spatial_axis=2),
+        mt.RandScaleIntensityd(keys="image", factors=0.1, prob=t.intensity_prob),
+        mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=t.intensity_prob),
+        mt.RandGaussianNoised(keys="image", std=0.02, prob=t.intensity_prob / 2),
+        mt.RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=t.intensity_prob / 2),
+    ]
+
+
+def train_transforms(cfg: PipelineConfig) -> mt.Compose:
+    """Preprocessing, then class-balanced patch sampling (positive/negative) and augmentation."""
+    t = cfg.transforms
+    n_pos = max(1, round(t.samples_per_case * t.pos_fraction))
+    n_neg = max(0, t.samples_per_case - n_pos)
+    sampling = [
+        mt.SpatialPadd(keys=["image", "label"], spatial_size=t.patch_size_vox, mode="constant"),
+        mt.RandCropByPosNegLabeld(
+            keys=["image", "label"], label_key="label", spatial_size=t.patch_size_vox,
+            pos=float(n_pos), neg=float(n_neg), num_samples=t.samples_per_case, image_key="image",
+            image_threshold=0.0, allow_smaller=False,
+        ),
+    ]
+    chain = [*preprocess(cfg, with_label=True).transforms, *sampling, *augmentation(cfg)]
+    chain.append(mt.EnsureTyped(keys=["image", "label"], dtype=np.float32, track_meta=False))
+    return mt.Compose(chain)
+
+
+def val_transforms(cfg: PipelineConfig) -> mt.Compose:
+    """Preprocessing for validation cases (whole volumes, scored by sliding-window inference)."""
+    return preprocess(cfg, with_label=True)

@@ -114,7 +114,7 @@ class Segmenter:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        probs_mt = MetaTensor(probs.to(self.device), affine=net_img.affine.to(torch.float64))
+        probs_mt = MetaTensor(probs.to(self.device), meta={"affine": net_img.affine.to(torch.float64)})
         labels = labels_on_grid(probs_mt, case.grid, self.label_values)
         labels = self._postprocess(labels)
         t3 = time.perf_counter()

@@ -18,6 +18,10 @@ from monai import transforms as mt
 from medpipe.config import PipelineConfig
 
 
+#: Axis-code letters for RAS+ affines (nibabel's convention, which MetaTensors from medpipe carry).
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
 def foreground_ct(x: Any) -> Any:
     """Body mask for a windowed CT image scaled to [0, 1]: everything above the window's lower bound."""
     return x > 0.0
@@ -41,7 +45,7 @@ def spatial_transforms(cfg: PipelineConfig, keys: Sequence[str]) -> list[mt.MapT
     """Orientation then spacing (in that order: resampling needs the oriented axes)."""
     modes = ["bilinear" if k == "image" else "nearest" for k in keys]
     return [
-        mt.Orientationd(keys=list(keys), axcodes=cfg.transforms.orientation),
+        mt.Orientationd(keys=list(keys), axcodes=cfg.transforms.orientation, labels=RAS_LABELS),
         mt.Spacingd(keys=list(keys), pixdim=cfg.transforms.spacing_mm, mode=modes, padding_mode="border"),
     ]
 

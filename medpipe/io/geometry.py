@@ -90,8 +90,8 @@ def check_on_grid(path: str | Path, source: Grid, *, shown_path: str | Path | No
     slope, inter = hdr.get_slope_inter()
     if slope not in (None, 1.0) or inter not in (None, 0.0):
         raise GeometryError(f"mask has scaling slope {slope} intercept {inter}, expected 1 and 0", path=name)
-    qform, scode = img.get_qform(coded=True), int(hdr["sform_code"])
-    if qform is None or scode == 0:
+    qform, qcode = img.get_qform(coded=True)
+    if qform is None or int(qcode) == 0 or int(hdr["sform_code"]) == 0:
         raise GeometryError("mask lacks a qform or sform code", path=name)
     if float(np.max(np.abs(qform - source.affine))) > 1e-3:
         raise GeometryError("mask qform disagrees with its sform", path=name)

@@ -1,0 +1,189 @@
+"""The ``medpipe`` command line. Each command parses, makes ONE library call and renders the result.
+
+Errors from the library (:class:`medpipe.errors.MedpipeError`) are printed as one line and exit with code 1;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from medpipe.errors import MedpipeError
+
+app = typer.Typer(
+    name="medpipe",
+    help="3D CT/MRI segmentation: DICOM/NIfTI in, masks on the scanner's grid out, metrics you can trust.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu or cuda.")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """Turn library errors into one red line on stderr and exit code 1 (a traceback only with --debug)."""
+    try:
+        yield
+    except MedpipeError as err:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+def _config(path: Path) -> Any:
+    from medpipe.config import load_config
+
+    return load_config(path)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML (pipelines/*.yaml).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder for checkpoints and logs.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (overrides data.root).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Overrides training.epochs.")] = None,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last.pt.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Resume even if config or data changed.")] = False,
+) -> None:
+    """Train a segmentation model; writes best.pt / last.pt, metrics.csv and a training curve."""
+    from medpipe.progress import TrainProgress
+    from medpipe.train import train as run_train
+
+    with handled():
+        cfg = _config(config)
+        with TrainProgress(err_console) as progress:
+            result = run_train(cfg, out_dir, data_root=data, epochs=epochs, device=device, resume=resume,
+                               force=force, on_event=progress.update)
+    out.print(f"[green]done[/]: best mean validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
+              f"checkpoints in {result.run_dir}")
+
+
+@app.command()
+def infer(
+    run: Annotated[Path, typer.Argument(help="Run folder (best.pt) or a checkpoint file.")],
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, folders of them, or DICOM folders.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <case>.nii.gz + <case>.json.")],
+    device: Device = "auto",
+    overlap: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = None,
+    sw_batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per forward pass.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Recompute cases that are already done.")] = False,
+    series: Annotated[str | None, typer.Option(help="DICOM: which series (number or UID).")] = None,
+    allow_tilt: Annotated[bool, typer.Option(help="DICOM: resample gantry-tilted stacks.")] = False,
+    allow_uneven: Annotated[bool, typer.Option(help="DICOM: resample uneven slice spacing.")] = False,
+) -> None:
+    """Segment scans; masks land exactly on each input's grid."""
+    from medpipe.infer import infer as run_infer
+    from medpipe.progress import case_progress, render_infer
+
+    dicom_options = {"series": series, "allow_tilt": allow_tilt, "allow_uneven": allow_uneven}
+    with handled():
+        with case_progress(err_console, "segmenting") as on_case:
+            result = run_infer(run, inputs, out_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
+                               overwrite=overwrite, dicom_options=dicom_options, on_case=on_case)
+        render_infer(out, result)
+        if len(result.cases) == 1 and result.n_failed:
+            raise MedpipeError(result.cases[0].error or "failed")
+    if result.n_failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Predicted mask, or a folder of them.")],
+    ref: Annotated[Path, typer.Argument(help="Reference mask, or a folder (matched by case name).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
+    preset: Annotated[str, typer.Option(help="default, brats or kits (label regions).")] = "default",
+    config: Annotated[Path | None, typer.Option(help="Pipeline YAML whose label names to use.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Images (file/folder) for overlay pictures.")] = None,
+    resample: Annotated[bool, typer.Option(help="Resample predictions onto the reference grid (nearest).")] = False,
+    nsd_tol: Annotated[float | None, typer.Option(help="NSD tolerance in mm (all labels).")] = None,
+) -> None:
+    """Dice, HD95, ASSD, NSD per case and label; metrics.csv, summary.json and report.html."""
+    from medpipe.evaluate import evaluate as run_evaluate
+    from medpipe.report import render_table
+
+    with handled():
+        labels = _config(config).labels if config else None
+        kwargs: dict[str, Any] = {"labels": labels, "preset": preset, "image": image, "resample": resample}
+        if nsd_tol is not None:
+            kwargs["nsd_tolerance_mm"] = nsd_tol
+        result = run_evaluate(pred, ref, out_dir, **kwargs)
+        out.print(render_table(result))
+    out.print(f"report: {out_dir}")
+
+
+@app.command("sample-data")
+def sample_data(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write kits/ and brats/ into.")],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+) -> None:
+    """Generate the synthetic KiTS-style CT and BraTS-style MRI sample sets."""
+    from medpipe.sample import generate_sample_data
+
+    with handled():
+        summary = generate_sample_data(out_dir, seed=seed)
+    out.print(f"wrote {summary}")
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="A NIfTI file or a DICOM folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What is in a NIfTI file or DICOM folder (series, size, spacing, orientation, problems)."""
+    from medpipe.info import info as run_info
+    from medpipe.info import render_info
+
+    with handled():
+        result = run_info(path)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        out.print(render_info(result))
+
+
+@app.command()
+def convert(
+    dicom_dir: Annotated[Path, typer.Argument(help="DICOM folder (searched recursively).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for NIfTI + JSON sidecars.")],
+    series: Annotated[str | None, typer.Option(help="Convert only this series (number or UID).")] = None,
+    allow_tilt: Annotated[bool, typer.Option(help="Resample gantry-tilted stacks onto an orthogonal grid.")] = False,
+    allow_uneven: Annotated[bool, typer.Option(help="Resample uneven slice spacing to equal spacing.")] = False,
+) -> None:
+    """Convert DICOM series to NIfTI with a JSON sidecar of every geometry decision."""
+    from medpipe.convert import convert_dicom, render_convert
+
+    with handled():
+        result = convert_dicom(dicom_dir, out_dir, series=series, allow_tilt=allow_tilt, allow_uneven=allow_uneven)
+    out.print(render_convert(result))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

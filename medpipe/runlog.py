@@ -1,0 +1,91 @@
+"""A training run's log: metrics.csv (one row per epoch), an optional TensorBoard stream, a curve PNG."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from medpipe.io.atomic import write_text_atomic, write_with
+
+
+class RunLog:
+    """Appends epoch rows to ``metrics.csv`` (rewritten atomically) and mirrors them to TensorBoard if present."""
+
+    def __init__(self, run_dir: Path, rows: list[dict[str, Any]] | None = None, tensorboard: bool = True) -> None:
+        self.path = run_dir / "metrics.csv"
+        self.png = run_dir / "training_curve.png"
+        self.rows: list[dict[str, Any]] = list(rows or [])
+        self._tb: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            except ImportError:
+                self._tb = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+        fields: list[str] = []
+        for r in self.rows:
+            fields += [k for k in r if k not in fields]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.path, buf.getvalue())
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    self._tb.add_scalar(key, value, row["epoch"])
+            self._tb.flush()
+
+    def plot(self) -> None:
+        """Loss and validation Dice against epoch, as a PNG in the run folder."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [r["epoch"] for r in self.rows]
+        fig, ax1 = plt.subplots(figsize=(7, 3.8), dpi=110)
+        ax1.plot(epochs, [r["train_loss"] for r in self.rows], color="#4c72b0", label="train loss")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("loss", color="#4c72b0")
+        ax2 = ax1.twinx()
+        dice_keys = sorted({k for r in self.rows for k in r if k.startswith("val_dice_")})
+        for key in dice_keys:
+            pts = [(r["epoch"], r[key]) for r in self.rows if r.get(key) not in (None, "")]
+            if pts:
+                ax2.plot(*zip(*pts), marker="o", ms=3, label=key.replace("val_dice_", "Dice "))
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("validation Dice")
+        handles = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax1.legend(handles, [str(h.get_label()) for h in handles], loc="center right", fontsize=8)
+        ax1.grid(alpha=0.3)
+        fig.tight_layout()
+        write_with(self.png, lambda p: fig.savefig(p, format="png"))
+        plt.close(fig)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of an existing metrics.csv (numbers parsed), for resuming."""
+    if not path.is_file():
+        return []
+    out = []
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            parsed: dict[str, Any] = {}
+            for k, v in row.items():
+                try:
+                    parsed[k] = int(v) if k == "epoch" else (float(v) if v != "" else None)
+                except ValueError:
+                    parsed[k] = v
+            out.append(parsed)
+    return out

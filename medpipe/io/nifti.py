@@ -71,6 +71,13 @@ def _check_file(path: Path) -> None:
         raise InputError("named .gz but is not gzip-compressed", path=path, hint="rename it to .nii")
 
 
+def _raw_pixdim(path: Path, header_class: type) -> np.ndarray:
+    """pixdim[1:4] as stored on disk (nibabel silently replaces zeros by 1 when it loads a header)."""
+    with nib.openers.ImageOpener(str(path)) as fh:
+        raw = header_class.from_fileobj(fh, check=False)
+    return np.asarray(raw["pixdim"][1:4], dtype=float)
+
+
 def inspect_nifti(path: str | Path, *, allow_4d: bool = False) -> NiftiInfo:
     """Read and validate a NIfTI header without reading voxel data.
 
@@ -100,7 +107,7 @@ def inspect_nifti(path: str | Path, *, allow_4d: bool = False) -> NiftiInfo:
         actual = path.stat().st_size
         if actual < expected:
             raise InputError(f"truncated file: {actual} bytes, header declares {expected}", path=path)
-    pixdim = np.asarray(hdr.get_zooms()[:3], dtype=float)
+    pixdim = _raw_pixdim(path, type(hdr))
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
         raise InputError(
             f"zero or negative voxel spacing {tuple(float(p) for p in pixdim)} mm, expected positive values",
@@ -149,8 +156,8 @@ def load_label(path: str | Path, allowed: set[int] | None = None) -> tuple[np.nd
     """Load an integer label map. Refuses scaling, non-integer values, and values outside ``allowed``."""
     info = inspect_nifti(path)
     img = nib.load(str(info.path))
-    slope, inter = img.header.get_slope_inter()
-    if (slope is not None and slope != 1.0) or (inter is not None and inter != 0.0):
+    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+    if slope != 1.0 or inter != 0.0:
         raise InputError(f"label file has intensity scaling (slope {slope}, intercept {inter})", path=path)
     try:
         raw = np.asanyarray(img.dataobj)

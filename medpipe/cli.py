@@ -81,6 +81,31 @@ def train(
 
 
 @app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML (pipelines/*.yaml).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for model/, predictions/ and report/.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (overrides data.root).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Overrides training.epochs.")] = None,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training run.")] = False,
+) -> None:
+    """The whole job: train, segment the held-out cases on their original grids, and score them."""
+    from medpipe.pipeline import run_pipeline
+    from medpipe.progress import TrainProgress, render_infer
+    from medpipe.report import render_table
+
+    with handled():
+        cfg = _config(config)
+        with TrainProgress(err_console) as progress:
+            result = run_pipeline(cfg, out_dir, data_root=data, epochs=epochs, device=device, resume=resume,
+                                  on_train=progress.update, on_case=progress.on_case)
+        render_infer(out, result.infer)
+        out.print(render_table(result.evaluation))
+    out.print(f"[green]done[/]: model in {out_dir / 'model'}, masks in {out_dir / 'predictions'}, "
+              f"report in {out_dir / 'report' / 'report.html'}")
+
+
+@app.command()
 def infer(
     run: Annotated[Path, typer.Argument(help="Run folder (best.pt) or a checkpoint file.")],
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, folders of them, or DICOM folders.")],

@@ -23,15 +23,18 @@ from medpipe.train import TrainEvent
 
 
 class TrainProgress:
-    """A progress bar over all training steps, with the running loss and the latest validation Dice."""
+    """One live display: a bar over all training steps (running loss, latest validation Dice) and, for the
+    whole pipeline, a second bar over the cases being segmented."""
 
     def __init__(self, console: Console) -> None:
         self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[dice]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, transient=False,
         )
         self.task: TaskID | None = None
+        self.case_task: TaskID | None = None
+        self.dice = ""
         self.console = console
 
     def __enter__(self) -> TrainProgress:
@@ -42,17 +45,23 @@ class TrainProgress:
         self.progress.__exit__(*exc)
 
     def update(self, ev: TrainEvent) -> None:
+        """Callback for :func:`medpipe.train.train`."""
         if ev.kind == "start":
             self.console.print(ev.message)
-            return
-        if ev.kind == "step":
+        elif ev.kind == "step":
             if self.task is None:
                 total = ev.steps * (ev.epochs - ev.epoch + 1)
-                self.task = self.progress.add_task("train", total=total, epoch=ev.epoch, loss="-", dice="")
-            self.progress.update(self.task, advance=1, epoch=f"{ev.epoch}/{ev.epochs}", loss=f"{ev.loss:.3f}")
-        elif ev.kind == "validation" and self.task is not None:
-            text = " ".join(f"{k} {v:.3f}" for k, v in ev.dice.items())
-            self.progress.update(self.task, dice=f"val Dice {text}")
+                self.task = self.progress.add_task("train", total=total, info="")
+            self.progress.update(self.task, advance=1, description=f"epoch {ev.epoch}/{ev.epochs}",
+                                 info=f"loss {ev.loss:.3f}{self.dice}")
+        elif ev.kind == "validation":
+            self.dice = " | val Dice " + " ".join(f"{k} {v:.3f}" for k, v in ev.dice.items())
+
+    def on_case(self, res: CaseResult, i: int, n: int) -> None:
+        """Callback for :func:`medpipe.infer.infer`."""
+        if self.case_task is None:
+            self.case_task = self.progress.add_task("segmenting", total=n, info="")
+        self.progress.update(self.case_task, completed=i, info=f"{res.case_id}: {res.status}")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,64 @@
+"""The whole job in one call: train on a config's dataset, segment its held-out cases, score them.
+
+``RUN_DIR/model`` holds the training run, ``RUN_DIR/predictions`` the masks (+ sidecars) of the validation
+cases, ``RUN_DIR/report`` the evaluation (metrics.csv, summary.json, report.html).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medpipe.config import PipelineConfig
+from medpipe.infer import CaseResult, InferResult, infer
+from medpipe.train import TrainEvent, TrainResult, train
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    train: TrainResult
+    infer: InferResult
+    evaluation: Any
+    run_dir: Path
+
+
+def run_pipeline(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None = None, epochs: int | None = None,
+                 device: str = "auto", resume: bool = False,
+                 on_train: Callable[[TrainEvent], None] | None = None,
+                 on_case: Callable[[CaseResult, int, int], None] | None = None) -> PipelineResult:
+    """Train -> infer the validation split -> evaluate against its labels."""
+    from medpipe.datasets import load_dataset
+    from medpipe.evaluate import evaluate
+
+    model_dir = run_dir / "model"
+    trained = train(cfg, model_dir, data_root=data_root, epochs=epochs, device=device, resume=resume,
+                    on_event=on_train)
+    split = json.loads((model_dir / "split.json").read_text())
+    root = data_root if data_root is not None else Path(cfg.data.root)
+    cases = {c.case_id: c for c in load_dataset(root, cfg.data.format).cases}
+    val = [cases[cid] for cid in split["val"]]
+    pred_dir, ref_dir = run_dir / "predictions", run_dir / "references"
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    inputs: list[Path] = []
+    for case in val:
+        # Stage held-out cases under their case id (layouts like KiTS name every image imaging.nii.gz).
+        for chan, image in zip(cfg.channels, case.images):
+            name = f"{case.case_id}.nii.gz" if len(case.images) == 1 else f"{case.case_id}_{chan}.nii.gz"
+            inputs.append(_link(image, run_dir / "inputs" / name))
+        if case.label is not None:
+            _link(case.label, ref_dir / f"{case.case_id}.nii.gz")
+    inferred = infer(model_dir, inputs, pred_dir, device=device, on_case=on_case)
+    report = evaluate(pred_dir, ref_dir, run_dir / "report", labels=cfg.labels,
+                      image=run_dir / "inputs" if len(cfg.channels) == 1 else None)
+    return PipelineResult(trained, inferred, report, run_dir)
+
+
+def _link(src: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink() or dest.exists():
+        dest.unlink()
+    dest.symlink_to(Path(src).resolve())
+    return dest

@@ -1,0 +1,186 @@
+"""``medpipe convert``: every volume of a DICOM folder to NIfTI, each with a JSON sidecar.
+
+File names come from the series label (SeriesNumber, plus a suffix when one series holds several volumes)
+and SeriesDescription, never from patient data or folder names. The sidecar records the source series UID,
+geometry decisions, checks and repairs. Every file is written atomically and its grid is re-read and checked
+against the volume's before it is renamed into place (the geometry contract).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from medpipe import __version__
+from medpipe.errors import DicomError
+from medpipe.io.atomic import atomic_path, ensure_writable_dir, write_json_atomic
+from medpipe.io.dicom.scan import scan_folder, select_candidate
+from medpipe.io.dicom.volume import DicomVolume, load_candidate
+from medpipe.io.geometry import check_on_grid, grid_of, require_same_grid
+
+
+@dataclass(frozen=True)
+class ConvertedVolume:
+    """One written volume: its NIfTI and sidecar paths and what it holds."""
+
+    label: str
+    description: str
+    nifti: Path
+    sidecar: Path
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+    dtype: str
+    repairs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FailedVolume:
+    """A volume that could not be converted, and why (the batch goes on without it)."""
+
+    label: str
+    description: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """Outcome of :func:`convert_dicom`: written volumes, failed volumes, skipped files by reason."""
+
+    out_dir: Path
+    written: tuple[ConvertedVolume, ...]
+    failed: tuple[FailedVolume, ...] = ()
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every volume found was converted."""
+        return not self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able summary (paths as strings)."""
+        return {
+            "out_dir": str(self.out_dir),
+            "written": [
+                {
+                    "label": v.label,
+                    "description": v.description,
+                    "nifti": str(v.nifti),
+                    "sidecar": str(v.sidecar),
+                    "shape": list(v.shape),
+                    "spacing_mm": [round(s, 6) for s in v.spacing_mm],
+                    "orientation": v.orientation,
+                    "dtype": v.dtype,
+                    "repairs": list(v.repairs),
+                }
+                for v in self.written
+            ],
+            "failed": [{"label": f.label, "description": f.description, "error": f.message} for f in self.failed],
+            "skipped_files": self.skipped,
+        }
+
+
+def output_stem(label: str, description: str) -> str:
+    """``series3_t1_fl2d_sag``: the series label and a file-name-safe description (at most 60 characters)."""
+    slug = re.sub(r"[^A-Za-z0-9-]+", "_", description).strip("_")[:60].strip("_")
+    safe_label = re.sub(r"[^A-Za-z0-9-]+", "_", label)
+    return f"series{safe_label}_{slug}" if slug else f"series{safe_label}"
+
+
+def _storage(volume: DicomVolume) -> tuple[np.ndarray, str]:
+    """The array to write: int16/uint16/int32 when every value is an integer that fits, else float32."""
+    data = volume.array
+    if volume.integer_valued and data.size:
+        lo, hi = volume.provenance["values"]["min"], volume.provenance["values"]["max"]
+        for dtype in (np.int16, np.uint16, np.int32):
+            info = np.iinfo(dtype)
+            if info.min <= lo and hi <= info.max:
+                return data.astype(dtype), np.dtype(dtype).name
+    return data, "float32"
+
+
+def write_volume(volume: DicomVolume, nifti_path: Path) -> str:
+    """Write ``volume`` as NIfTI (qform = sform = its affine, code 1) and check the written grid. Returns dtype."""
+    data, dtype = _storage(volume)
+    img = nib.Nifti1Image(data, volume.affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_slope_inter(1.0, 0.0)
+    img.set_qform(volume.affine, code=1)
+    img.set_sform(volume.affine, code=1)
+    img.header["descrip"] = b"medpipe convert"
+    with atomic_path(nifti_path) as tmp:
+        nib.save(img, str(tmp))
+        if dtype == "float32":
+            require_same_grid(grid_of(nib.load(str(tmp))), volume.grid, nifti_path, what="written volume grid")
+        else:
+            check_on_grid(tmp, volume.grid, shown_path=nifti_path)
+    return dtype
+
+
+def _sidecar(volume: DicomVolume, dtype: str, nifti_name: str) -> dict[str, Any]:
+    return {
+        "converter": f"medpipe {__version__}",
+        "nifti": nifti_name,
+        "stored_dtype": dtype,
+        **volume.provenance,
+    }
+
+
+def convert_dicom(
+    folder: str | Path,
+    out_dir: str | Path,
+    *,
+    series: int | str | None = None,
+    allow_tilt: bool = False,
+    allow_uneven: bool = False,
+    compress: bool = True,
+    workers: int | None = None,
+) -> ConvertResult:
+    """Convert the volumes of a DICOM folder to NIfTI (``.nii.gz``, or ``.nii`` when ``compress`` is False).
+
+    With ``series`` (SeriesNumber, label or SeriesInstanceUID) only that volume is converted and any problem
+    raises :class:`DicomError`. Without it every volume is converted; one that fails its checks is listed in
+    ``failed`` and the others are still written. Raises when nothing could be converted.
+    """
+    folder = Path(folder)
+    out = ensure_writable_dir(out_dir)
+    scan = scan_folder(folder)
+    cands = [select_candidate(scan, series)] if series is not None or len(scan.candidates) <= 1 else scan.candidates
+    written: list[ConvertedVolume] = []
+    failed: list[FailedVolume] = []
+    suffix = ".nii.gz" if compress else ".nii"
+    for cand in cands:
+        try:
+            volume = load_candidate(scan, cand, allow_tilt=allow_tilt, allow_uneven=allow_uneven, workers=workers)
+        except DicomError as err:
+            if len(cands) == 1:
+                raise
+            failed.append(FailedVolume(cand.label, cand.description, err.message))
+            continue
+        stem = output_stem(cand.label, cand.description)
+        nifti_path, sidecar_path = out / f"{stem}{suffix}", out / f"{stem}.json"
+        dtype = write_volume(volume, nifti_path)
+        write_json_atomic(sidecar_path, _sidecar(volume, dtype, nifti_path.name))
+        grid = volume.grid
+        written.append(
+            ConvertedVolume(
+                cand.label,
+                cand.description,
+                nifti_path,
+                sidecar_path,
+                grid.shape,
+                grid.spacing_mm,
+                grid.orientation,
+                dtype,
+                tuple(r["repair"] for r in volume.provenance["repairs"]),
+            )
+        )
+    if not written:
+        reasons = "; ".join(f"series {f.label}: {f.message}" for f in failed)
+        raise DicomError(f"no volume could be converted: {reasons}", path=folder)
+    return ConvertResult(out, tuple(written), tuple(failed), scan.skipped_counts)

@@ -1,0 +1,414 @@
+"""Read one DICOM file's header (never its pixels) into :class:`Frame` records, or a reason to skip it.
+
+A classic single-frame image gives one frame; an enhanced multi-frame image gives one frame per 2D image,
+with geometry from the per-frame (or shared) functional groups. For native (uncompressed) transfer syntaxes
+the byte offset of the pixel values is recorded, so that :mod:`.pixels` can read them without a second parse.
+Each frame carries the header pre-flight problems found for its file (``issues``).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+#: Errors pydicom raises on a malformed header; such a file is skipped (and counted), never fatal to a scan.
+HEADER_ERRORS = (
+    InvalidDicomError,
+    OSError,
+    EOFError,
+    ValueError,
+    struct.error,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    NotImplementedError,
+    OverflowError,
+)
+
+#: Transfer syntaxes whose pixel values are read straight from the file (no decoder).
+NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2": False,  # Implicit VR Little Endian -> big_endian False
+    "1.2.840.10008.1.2.1": False,  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2": True,  # Explicit VR Big Endian (retired)
+}
+
+#: SOP classes that hold CT/MR/PET volumes.
+VOLUME_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image",
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image",
+    "1.2.840.10008.5.1.4.1.1.128": "PET Image",
+    "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image",
+    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image",
+}
+
+#: Largest accepted image plane and frame count (a lying header is refused before any allocation).
+MAX_PLANE_PIXELS = 16384 * 16384
+MAX_FRAMES = 65536
+
+_PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
+
+
+@dataclass(frozen=True)
+class PixelFormat:
+    """How a file stores its pixels. ``data_offset`` is the byte offset of the values (native syntaxes only)."""
+
+    transfer_syntax: str
+    bits_allocated: int
+    bits_stored: int
+    high_bit: int
+    signed: bool
+    samples: int
+    photometric: str
+    n_frames: int
+    data_offset: int | None
+    data_length: int | None
+    big_endian: bool
+    file_size: int
+
+    @property
+    def syntax_name(self) -> str:
+        """The transfer syntax's name (or its UID when unknown)."""
+        name = UID(self.transfer_syntax).name
+        return name if name != self.transfer_syntax else f"unknown transfer syntax {self.transfer_syntax}"
+
+    @property
+    def native(self) -> bool:
+        """True when the pixel values are read from ``data_offset`` without a decoder."""
+        return self.data_offset is not None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One 2D image of a file: its identity, geometry (DICOM LPS, mm) and pixel storage. No patient data."""
+
+    path: Path
+    name: str
+    index: int | None
+    sop_uid: str
+    series_uid: str
+    series_number: int | None
+    description: str
+    modality: str
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] | None
+    iop: tuple[float, ...] | None
+    ipp: tuple[float, float, float] | None
+    echo: str | None
+    temporal: str | None
+    acquisition: str | None
+    instance: int | None
+    slope: float | None
+    intercept: float | None
+    has_lut_sequence: bool
+    gantry_tilt_deg: float | None
+    patient_position: str | None
+    fmt: PixelFormat
+    issues: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that holds no usable image, with the reason (counted in scan results)."""
+
+    name: str
+    reason: str
+
+
+def sniff_dicom(path: Path) -> bool:
+    """Cheap test: ``DICM`` at byte 128, or a file that starts like a raw little-endian DICOM data set."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[3:4] == b"\x00"
+
+
+def _floats(ds: Dataset | None, keyword: str, n: int) -> tuple[float, ...] | None:
+    if ds is None or keyword not in ds:
+        return None
+    try:
+        value = ds[keyword].value
+        values = [value] if n == 1 and not isinstance(value, list | tuple) else list(value)
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(v == v for v in out) else None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(ds: Dataset | None, keyword: str) -> str | None:
+    if ds is None:
+        return None
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _sop_class(ds: Dataset) -> str:
+    uid = str(ds.get("SOPClassUID", "") or "")
+    if not uid and "file_meta" in dir(ds) and ds.file_meta is not None:
+        uid = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    return uid
+
+
+def skip_reason(ds: Dataset) -> str | None:
+    """Why a parsed DICOM object is not part of any volume (None when it may be)."""
+    uid = _sop_class(ds)
+    if uid == "1.2.840.10008.1.3.10":
+        return "DICOMDIR"
+    if uid.startswith("1.2.840.10008.5.1.4.1.1.88."):
+        return "structured report (SR) or key object"
+    if uid == "1.2.840.10008.5.1.4.1.1.66.4":
+        return "segmentation (SEG)"
+    if uid == "1.2.840.10008.5.1.4.1.1.481.3":
+        return "RT structure set (RTSTRUCT)"
+    if uid.startswith("1.2.840.10008.5.1.4.1.1.481."):
+        return "RT object (dose, plan, image)"
+    if uid.startswith("1.2.840.10008.5.1.4.1.1.11."):
+        return "presentation state"
+    if uid.startswith("1.2.840.10008.5.1.4.1.1.7"):
+        return "secondary capture"
+    if not uid:
+        return "no SOP class"
+    if uid not in VOLUME_SOP_CLASSES:
+        return f"not a CT/MR/PET image ({UID(uid).name})"
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "LOCALIZER" in image_type:
+        return "localizer"
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        return "burned-in annotation"
+    return None
+
+
+def _pixel_element(fh: BinaryIO, ds: Dataset) -> tuple[str | None, int | None, int | None]:
+    """At the file position where pydicom stopped: (pixel keyword, value offset, declared length)."""
+    implicit, little = ds.original_encoding
+    start = fh.tell()
+    head = fh.read(12)
+    if len(head) < 8:
+        return None, None, None
+    order = "<" if little else ">"
+    group, elem = struct.unpack(order + "HH", head[:4])
+    keyword = _PIXEL_TAGS.get(group << 16 | elem)
+    if keyword is None:
+        return None, None, None
+    if implicit:
+        (length,) = struct.unpack(order + "L", head[4:8])
+        return keyword, start + 8, length
+    if head[4:6] in _LONG_VRS and len(head) == 12:
+        (length,) = struct.unpack(order + "L", head[8:12])
+        return keyword, start + 12, length
+    (length,) = struct.unpack(order + "H", head[6:8])
+    return keyword, start + 8, length
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if uid:
+        return uid
+    implicit, little = ds.original_encoding
+    if implicit:
+        return "1.2.840.10008.1.2"
+    return "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+
+
+def _pixel_issues(fmt: PixelFormat, rows: int, columns: int, declared: int | None, keyword: str) -> list[str]:
+    """Header pre-flight: sizes, bit depths, photometric interpretation, decoder availability, truncation."""
+    issues: list[str] = []
+    if keyword != "PixelData":
+        issues.append(f"{keyword} (floating-point pixels) is not supported")
+    if rows < 1 or columns < 1 or rows * columns > MAX_PLANE_PIXELS:
+        issues.append(f"implausible image size {rows}x{columns} (at most {MAX_PLANE_PIXELS} pixels per image)")
+    if not 1 <= fmt.n_frames <= MAX_FRAMES:
+        issues.append(f"implausible NumberOfFrames {fmt.n_frames} (1 to {MAX_FRAMES} accepted)")
+    if fmt.samples != 1 or fmt.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        issues.append(
+            f"{fmt.samples} samples per pixel ({fmt.photometric}); expected 1 (MONOCHROME2): colour is not supported"
+        )
+    if fmt.bits_allocated not in (8, 16, 32) or not 1 <= fmt.bits_stored <= fmt.bits_allocated:
+        issues.append(f"BitsAllocated {fmt.bits_allocated} / BitsStored {fmt.bits_stored} is not supported")
+    if issues:
+        return issues
+    if fmt.native:
+        expected = rows * columns * fmt.bits_allocated // 8 * fmt.n_frames
+        if declared is None or declared == 0xFFFFFFFF:
+            issues.append(f"native transfer syntax {fmt.syntax_name} with encapsulated pixel data")
+        elif declared < expected:
+            issues.append(
+                f"pixel data holds {declared} bytes, header declares {expected} "
+                f"({fmt.n_frames} x {rows} x {columns} x {fmt.bits_allocated} bits)"
+            )
+        elif fmt.file_size < (fmt.data_offset or 0) + expected:
+            issues.append(
+                f"truncated file: {fmt.file_size - (fmt.data_offset or 0)} bytes of pixel data, expected {expected}"
+            )
+        return issues
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(fmt.transfer_syntax)
+    except NotImplementedError:
+        return [f"cannot decode {fmt.syntax_name}: pydicom has no decoder for it"]
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
+        issues.append(f"cannot decode {fmt.syntax_name}: install {missing}")
+    return issues
+
+
+def _functional(ds: Dataset, i: int, group: str) -> Dataset | None:
+    """Item 0 of functional group ``group`` for frame ``i`` (per-frame first, then shared)."""
+    for seq_name, index in (("PerFrameFunctionalGroupsSequence", i), ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(seq_name)
+        if seq is not None and len(seq) > index:
+            inner = seq[index].get(group)
+            if inner is not None and len(inner) > 0:
+                return inner[0]
+    return None
+
+
+def read_header(path: Path, name: str) -> list[Frame] | Skipped:
+    """Parse ``path`` (header only) into frames, or say why it is skipped. ``name`` is what errors show."""
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        return Skipped(name, f"unreadable ({err.strerror or err})")
+    if size == 0:
+        return Skipped(name, "empty file")
+    if not sniff_dicom(path):
+        return Skipped(name, "not DICOM")
+    try:
+        with path.open("rb") as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            reason = skip_reason(ds)
+            if reason is not None:
+                return Skipped(name, reason)
+            keyword, offset, declared = _pixel_element(fh, ds)
+        if keyword is None:
+            return Skipped(name, "no pixel data")
+        return _frames(ds, path, name, size, keyword, offset, declared)
+    except HEADER_ERRORS as err:
+        return Skipped(name, f"unreadable DICOM header ({type(err).__name__})")
+
+
+def _frames(
+    ds: Dataset, path: Path, name: str, size: int, keyword: str, offset: int | None, declared: int | None
+) -> list[Frame]:
+    syntax = _transfer_syntax(ds)
+    native = syntax in NATIVE_SYNTAXES and declared not in (None, 0xFFFFFFFF)
+    rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    bits_allocated = _int(ds, "BitsAllocated") or 0
+    bits_stored = _int(ds, "BitsStored") or bits_allocated
+    n_frames = _int(ds, "NumberOfFrames") or 1
+    fmt = PixelFormat(
+        transfer_syntax=syntax,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        high_bit=_int(ds, "HighBit") if _int(ds, "HighBit") is not None else bits_stored - 1,  # type: ignore[arg-type]
+        signed=_int(ds, "PixelRepresentation") == 1,
+        samples=_int(ds, "SamplesPerPixel") or 1,
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper(),
+        n_frames=n_frames,
+        data_offset=offset if native else None,
+        data_length=declared,
+        big_endian=NATIVE_SYNTAXES.get(syntax, False),
+        file_size=size,
+    )
+    issues = _pixel_issues(fmt, rows, columns, declared, keyword)
+    if fmt.high_bit != fmt.bits_stored - 1 and not issues:
+        issues.append(f"HighBit {fmt.high_bit} with BitsStored {fmt.bits_stored} is not supported")
+    common: dict[str, Any] = {
+        "path": path,
+        "name": name,
+        "sop_uid": str(ds.get("SOPInstanceUID", "")),
+        "series_uid": str(ds.get("SeriesInstanceUID", "") or "(no SeriesInstanceUID)"),
+        "series_number": _int(ds, "SeriesNumber"),
+        "description": str(ds.get("SeriesDescription", "") or ""),
+        "modality": str(ds.get("Modality", "") or ""),
+        "rows": rows,
+        "columns": columns,
+        "instance": _int(ds, "InstanceNumber"),
+        "gantry_tilt_deg": (_floats(ds, "GantryDetectorTilt", 1) or (None,))[0],
+        "patient_position": _text(ds, "PatientPosition"),
+        "fmt": fmt,
+    }
+    enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    if not enhanced:
+        if n_frames > 1:
+            issues.append(f"multi-frame image ({n_frames} frames) without per-frame geometry is not supported")
+        spacing = _floats(ds, "PixelSpacing", 2)
+        return [
+            Frame(
+                index=None,
+                pixel_spacing=(spacing[0], spacing[1]) if spacing else None,
+                iop=_floats(ds, "ImageOrientationPatient", 6),
+                ipp=_ipp(_floats(ds, "ImagePositionPatient", 3)),
+                echo=_text(ds, "EchoNumbers"),
+                temporal=_text(ds, "TemporalPositionIdentifier"),
+                acquisition=_text(ds, "AcquisitionNumber"),
+                slope=(_floats(ds, "RescaleSlope", 1) or (None,))[0],
+                intercept=(_floats(ds, "RescaleIntercept", 1) or (None,))[0],
+                has_lut_sequence="ModalityLUTSequence" in ds,
+                issues=tuple(issues),
+                **common,
+            )
+        ]
+    return [_enhanced_frame(ds, i, issues, common) for i in range(n_frames)]
+
+
+def _ipp(values: tuple[float, ...] | None) -> tuple[float, float, float] | None:
+    return (values[0], values[1], values[2]) if values else None
+
+
+def _enhanced_frame(ds: Dataset, i: int, issues: list[str], common: dict[str, Any]) -> Frame:
+    """Frame ``i`` of an enhanced multi-frame image, geometry from the functional groups."""
+    position = _functional(ds, i, "PlanePositionSequence")
+    orientation = _functional(ds, i, "PlaneOrientationSequence")
+    measures = _functional(ds, i, "PixelMeasuresSequence")
+    transform = _functional(ds, i, "PixelValueTransformationSequence")
+    content = _functional(ds, i, "FrameContentSequence")
+    echo = _functional(ds, i, "MREchoSequence")
+    spacing = _floats(measures, "PixelSpacing", 2)
+    temporal = _text(content, "TemporalPositionIndex")
+    stack = _text(content, "StackID")
+    return Frame(
+        index=i,
+        pixel_spacing=(spacing[0], spacing[1]) if spacing else None,
+        iop=_floats(orientation, "ImageOrientationPatient", 6),
+        ipp=_ipp(_floats(position, "ImagePositionPatient", 3)),
+        echo=_text(echo, "EffectiveEchoTime"),
+        temporal=temporal if stack is None else f"stack {stack}, {temporal}",
+        acquisition=None,
+        slope=(_floats(transform, "RescaleSlope", 1) or (None,))[0],
+        intercept=(_floats(transform, "RescaleIntercept", 1) or (None,))[0],
+        has_lut_sequence=False,
+        issues=tuple(issues),
+        **common,
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +35,9 @@ Device = Annotated[str, typer.Option("--device", help="auto (CUDA if available),
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
     _state["debug"] = debug
+    if not debug:
+        # Import-time noise from MONAI's optional GPU DICOM decoder, irrelevant to medpipe's own DICOM reader.
+        logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

@@ -69,10 +69,21 @@ def collect_inputs(paths: list[Path], channels: tuple[str, ...]) -> list[InputCa
         else:
             raise InputError("input not found", path=p)
     if len(channels) == 1:
-        cases += [InputCase(case_id_from_path(f), (f,)) for f in files]
+        cases += [InputCase(_single_case_id(f), (f,)) for f in files]
     else:
         cases += _group_channels(files, channels)
     return cases
+
+
+#: File names that say nothing about the case (KiTS: ``case_00012/imaging.nii.gz``): the folder names it.
+GENERIC_NAMES = ("imaging", "image", "img")
+
+
+def _single_case_id(path: Path) -> str:
+    """The case id of a one-channel input: the file name without extension, or for layouts that put a generic
+    ``imaging.nii.gz`` in a per-case folder, that folder's name."""
+    stem = case_id_from_path(path)
+    return path.parent.name if stem in GENERIC_NAMES and path.parent.name else stem
 
 
 def _group_channels(files: list[Path], channels: tuple[str, ...]) -> list[InputCase]:

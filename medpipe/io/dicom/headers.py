@@ -40,6 +40,8 @@ NATIVE_SYNTAXES = {
     "1.2.840.10008.1.2.2": True,  # Explicit VR Big Endian (retired)
 }
 
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
 #: SOP classes that hold CT/MR/PET volumes.
 VOLUME_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2": "CT Image",
@@ -310,7 +312,13 @@ def read_header(path: Path, name: str) -> list[Frame] | Skipped:
             reason = skip_reason(ds)
             if reason is not None:
                 return Skipped(name, reason)
-            keyword, offset, declared = _pixel_element(fh, ds)
+            if _transfer_syntax(ds) == DEFLATED:
+                # the data set is one deflate stream: file offsets mean nothing, so parse it whole (rare)
+                full = pydicom.dcmread(path, force=True)
+                found = [k for k in _PIXEL_TAGS.values() if k in full]
+                keyword, offset, declared = (found[0] if found else None), None, None
+            else:
+                keyword, offset, declared = _pixel_element(fh, ds)
         if keyword is None:
             return Skipped(name, "no pixel data")
         return _frames(ds, path, name, size, keyword, offset, declared)

@@ -1,0 +1,100 @@
+"""No patient data leaks: a sentinel planted in patient fields and folder names never reaches output file
+names, file contents, results, warnings, logs or error messages (D25)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import warnings
+
+import pytest
+from rich.console import Console
+
+from medpipe.convert import convert_dicom
+from medpipe.errors import DicomError
+from medpipe.info import info, render_info
+from medpipe.io.dicom import read_dicom_volume
+from tests.dicom_factory import write_series
+
+SENTINEL = "ZZPHISENTINEL"
+
+
+def _plant(ds, k):
+    ds.PatientName = f"{SENTINEL}^John"
+    ds.PatientID = f"{SENTINEL}-MRN-123"
+    ds.OtherPatientIDs = f"{SENTINEL}-OTHER"
+    ds.PatientBirthDate = "19700101"
+    ds.InstitutionName = f"{SENTINEL} General Hospital"
+    ds.ReferringPhysicianName = f"{SENTINEL}^Doctor"
+    ds.AccessionNumber = "ZZPHISENT1"
+    ds.StudyDescription = f"{SENTINEL} study"
+
+
+def _all_output_text(folder) -> str:
+    chunks = []
+    for path in sorted(folder.rglob("*")):
+        chunks.append(path.name)
+        if path.is_file():
+            data = path.read_bytes()
+            chunks.append((gzip.decompress(data) if path.name.endswith(".gz") else data).decode("latin-1"))
+    return "\n".join(chunks)
+
+
+def _render(result) -> str:
+    console = Console(record=True, width=300)
+    console.print(render_info(result))
+    return console.export_text()
+
+
+def test_sentinel_in_subfolders_and_patient_fields_never_leaks(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    root = tmp_path / "input"
+    sub = root / f"{SENTINEL}_MRN_123" / f"{SENTINEL}^DOE"
+    good = write_series(sub / "a", series_number=3, description="body", edit=_plant)
+    write_series(sub / "b", series_number=4, description="gappy", drop=(3,), edit=_plant, seed=1)
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = convert_dicom(root, out)
+        info_result = info(root)
+        volume = read_dicom_volume(root, series=3)
+        errors = []
+        for call in (
+            lambda: read_dicom_volume(root),
+            lambda: read_dicom_volume(root, series=4),
+            lambda: read_dicom_volume(root, series=9),
+            lambda: convert_dicom(root, tmp_path / "out2", series=4),
+        ):
+            with pytest.raises(DicomError) as err:
+                call()
+            errors.append(str(err.value))
+    good.files[0].write_bytes(good.files[0].read_bytes()[:-50])
+    with pytest.raises(DicomError) as err:
+        read_dicom_volume(root, series=3)
+    errors.append(str(err.value))
+    assert [w.nifti.name for w in result.written] == ["series3_body.nii.gz"]
+    assert len(result.failed) == 1
+    texts = {
+        "output files": _all_output_text(out),
+        "convert result": json.dumps(result.to_json()),
+        "info json": json.dumps(info_result.to_json()),
+        "info table": _render(info_result),
+        "provenance": json.dumps(volume.provenance),
+        "errors": "\n".join(errors),
+        "warnings": "\n".join(str(w.message) for w in caught),
+        "logs": caplog.text,
+    }
+    assert "truncated" in errors[-1] and "missing slice" in errors[1]
+    for where, text in texts.items():
+        assert SENTINEL not in text, f"patient data leaked into {where}"
+        assert "19700101" not in text and "ZZPHISENT1" not in text
+
+
+def test_sentinel_in_the_given_folder_stays_out_of_outputs(tmp_path):
+    """The folder the user passes may appear in their own error messages, never in outputs."""
+    folder = tmp_path / f"{SENTINEL}_case"
+    write_series(folder, edit=_plant)
+    out = tmp_path / "out"
+    convert_dicom(folder, out)
+    assert SENTINEL not in _all_output_text(out)

@@ -166,14 +166,17 @@ def evaluate(
 @app.command("sample-data")
 def sample_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write kits/ and brats/ into.")],
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (same seed, same bytes).")] = 0,
+    n_ct: Annotated[int, typer.Option(min=0, help="Number of KiTS-style CT cases.")] = 12,
+    n_mri: Annotated[int, typer.Option(min=0, help="Number of BraTS-style MRI cases.")] = 10,
 ) -> None:
     """Generate the synthetic KiTS-style CT and BraTS-style MRI sample sets."""
     from medpipe.sample import generate_sample_data
 
     with handled():
-        summary = generate_sample_data(out_dir, seed=seed)
-    out.print(f"wrote {summary}")
+        s = generate_sample_data(out_dir, seed=seed, n_ct=n_ct, n_mri=n_mri)
+    out.print(f"wrote {len(s.files)} files ({s.total_bytes / 1e6:.1f} MB): {len(s.ct_case_ids)} CT cases in "
+              f"{s.kits_dir}, {len(s.mri_case_ids)} MRI cases in {s.brats_dir}")
 
 
 @app.command()

@@ -2,8 +2,8 @@
 
 Instead of replaying the inverse of every preprocessing step (MONAI ``Invertd``: un-crop, un-resample,
 un-orient, each a full-volume pass), probabilities are resampled once, directly from the network grid onto the
-source grid with MONAI's ``SpatialResample`` (linear), slab by slab along the source's last axis so that memory
-stays bounded by C x I x J x slab; the argmax of each slab is stored as uint8/uint16. The mask is written to a
+source grid with MONAI's ``SpatialResample`` (linear), only inside the box that can hold foreground, slab by slab
+so that memory stays bounded; the argmax of each slab is stored as uint8/uint16. The mask is written to a
 temporary file, checked against the geometry contract, and only then renamed into place.
 """
 
@@ -25,28 +25,55 @@ from medpipe.io.nifti import label_dtype, mask_image
 SLAB_BUDGET_VALUES = 256 * 1024 * 1024
 
 
+def foreground_box(probs: MetaTensor, source: Grid) -> tuple[np.ndarray, np.ndarray] | None:
+    """The box of source voxels (lo inclusive, hi exclusive) that can receive a non-background label.
+
+    Linear interpolation is a convex combination of the 8 neighbouring network voxels: where all of them have
+    background probability > 0.5, so does the interpolated value, and background is the argmax. So only source
+    voxels near network voxels with background probability <= 0.5 need resampling; the argmax is unchanged.
+    """
+    maybe_fg = torch.as_tensor(probs[0]) <= 0.5
+    if not bool(maybe_fg.any()):
+        return None
+    nz = torch.nonzero(maybe_fg)
+    lo_net = nz.min(dim=0).values.cpu().numpy() - 1.0
+    hi_net = nz.max(dim=0).values.cpu().numpy() + 1.0
+    corners = np.array([[x, y, z, 1.0] for x in (lo_net[0], hi_net[0]) for y in (lo_net[1], hi_net[1])
+                        for z in (lo_net[2], hi_net[2])]).T
+    net_to_src = np.linalg.inv(source.affine) @ np.asarray(probs.affine, dtype=float)
+    src_idx = (net_to_src @ corners)[:3]
+    lo = np.clip(np.floor(src_idx.min(axis=1)) - 1, 0, source.shape).astype(int)
+    hi = np.clip(np.ceil(src_idx.max(axis=1)) + 2, 0, source.shape).astype(int)
+    return (lo, hi) if np.all(hi > lo) else None
+
+
 def labels_on_grid(probs: MetaTensor, source: Grid, label_values: list[int] | None = None) -> np.ndarray:
-    """Resample (C, X, Y, Z) probabilities (affine in ``probs.affine``) onto ``source`` and take the argmax.
+    """Resample (C, X, Y, Z) probabilities (affine in ``probs.affine``, channel 0 = background) onto ``source``
+    and take the argmax.
 
     Returns an (I, J, K) integer array on the source grid. Voxels outside the network field of view get
-    class 0. ``label_values[c]`` is the label value of channel ``c`` (default: ``c``).
+    class 0. ``label_values[c]`` is the label value of channel ``c`` (default: ``c``). Only the box that can
+    hold foreground (:func:`foreground_box`) is resampled, slab by slab; the result is the same as resampling
+    the whole grid.
     """
     n_classes = int(probs.shape[0])
-    ni, nj, nk = source.shape
-    slab = max(1, min(nk, SLAB_BUDGET_VALUES // max(1, n_classes * ni * nj)))
     values = np.asarray(label_values if label_values is not None else range(n_classes))
     out = np.zeros(source.shape, dtype=label_dtype(int(values.max())))
+    box = foreground_box(probs, source)
+    if box is None:
+        return out
+    (i0, j0, k0), (i1, j1, k1) = box
+    slab = max(1, min(k1 - k0, SLAB_BUDGET_VALUES // max(1, n_classes * (i1 - i0) * (j1 - j0))))
     resample = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=False, dtype=torch.float32)
     src_affine = torch.as_tensor(source.affine, dtype=torch.float64)
-    for k0 in range(0, nk, slab):
-        k1 = min(nk, k0 + slab)
+    for s0 in range(k0, k1, slab):
+        s1 = min(k1, s0 + slab)
         shift = torch.eye(4, dtype=torch.float64)
-        shift[2, 3] = float(k0)
-        slab_affine = src_affine @ shift
+        shift[:3, 3] = torch.tensor([float(i0), float(j0), float(s0)], dtype=torch.float64)
         with torch.no_grad():
-            part = resample(probs, dst_affine=slab_affine, spatial_size=(ni, nj, k1 - k0))
+            part = resample(probs, dst_affine=src_affine @ shift, spatial_size=(i1 - i0, j1 - j0, s1 - s0))
         idx = torch.as_tensor(part).argmax(dim=0).cpu().numpy()
-        out[:, :, k0:k1] = values[idx]
+        out[i0:i1, j0:j1, s0:s1] = values[idx]
     return out
 
 

@@ -103,3 +103,26 @@ def test_write_mask_is_atomic_on_contract_failure(tmp_path: Path) -> None:
     with pytest.raises(GeometryError):
         write_mask(tmp_path / "m.nii.gz", np.zeros((8, 8, 5), np.uint8), grid)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_foreground_box_gives_the_same_mask_as_the_full_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medpipe.export as export
+
+    affine = make_affine((1, 0, 2), (-1, 1, -1), spacing=(0.7, 0.9, 2.2), rot_deg=(5.0, -12.0, 20.0),
+                         origin=(3.0, 4.0, -5.0))
+    shape = (48, 40, 20)
+    image, labels = sphere_phantom(shape, affine, radii_mm=(7.0, 3.0))
+    meta = {"affine": torch.as_tensor(affine)}
+    net = preprocess(CFG, with_label=True, load=False)({
+        "image": MetaTensor(torch.from_numpy(image)[None], meta=dict(meta)),
+        "label": MetaTensor(torch.from_numpy(labels.astype(np.float32))[None], meta=dict(meta))})
+    rng = np.random.default_rng(1)
+    soft = torch.cat([(net["label"] == k).float() for k in range(3)]) + torch.from_numpy(
+        rng.uniform(0, 0.6, (3, *net["label"].shape[1:])).astype(np.float32))
+    probs = MetaTensor(soft / soft.sum(0, keepdim=True), meta={"affine": net["image"].affine})
+    grid = Grid(shape, affine)
+    boxed = labels_on_grid(probs, grid)
+    monkeypatch.setattr(export, "foreground_box", lambda p, s: (np.zeros(3, int), np.asarray(s.shape)))
+    full = labels_on_grid(probs, grid)
+    assert np.array_equal(boxed, full)
+    assert (full > 0).sum() > 0

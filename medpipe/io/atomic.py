@@ -38,6 +38,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, dest)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -46,6 +47,12 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(dest: str | Path, data: bytes) -> None:

@@ -135,3 +135,14 @@ def test_mask_image_dtype_and_header(tmp_path: Path) -> None:
     back = nib.load(str(tmp_path / "m.nii.gz"))
     assert np.allclose(back.get_qform(), aff, atol=1e-5) and np.allclose(back.get_sform(), aff)
     assert back.header["descrip"].tobytes().startswith(b"medpipe")
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    from medpipe.io.atomic import write_text_atomic
+
+    write_text_atomic(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask

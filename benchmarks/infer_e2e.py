@@ -139,7 +139,8 @@ def main() -> None:
     print(f"volume {shape}, device {args.device}, torch {torch.__version__}, best of {args.repeats}")
     print(f"{'stage':<18}{'MONAI tutorial (s)':>20}{'medpipe (s)':>14}")
     for stage in ("preprocess", "inference", "export", "total"):
-        print(f"{stage:<18}{best['monai'].get(stage, float('nan')):>20.2f}{best['medpipe'].get(stage, float('nan')):>14.2f}")
+        m, p = best["monai"].get(stage, float("nan")), best["medpipe"].get(stage, float("nan"))
+        print(f"{stage:<18}{m:>20.2f}{p:>14.2f}")
     print(f"{'(load, checks)':<18}{'':>20}{best['medpipe']['load+load model']:>14.2f}")
     print(f"ratio MONAI / medpipe (total): {best['monai']['total'] / best['medpipe']['total']:.2f}x")
     print("mask agreement (Dice, medpipe vs MONAI): "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,6 +39,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks f
     if not debug:
         # Import-time noise from MONAI's optional GPU DICOM decoder, irrelevant to medpipe's own DICOM reader.
         logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
 
 
 @contextlib.contextmanager

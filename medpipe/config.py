@@ -179,12 +179,14 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
             return tuple(_coerce(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value))
         if len(value) != len(args):
             raise fail(f"a list of {len(args)} values")
-        return tuple(_coerce(v, a, f"{where}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, a, f"{where}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin is dict:
         kt, vt = get_args(tp)
         if not isinstance(value, dict):
             raise fail("a mapping")
-        return {_coerce(k, kt, f"{where}.{k}", source): _coerce(v, vt, f"{where}.{k}", source) for k, v in value.items()}
+        return {
+            _coerce(k, kt, f"{where}.{k}", source): _coerce(v, vt, f"{where}.{k}", source) for k, v in value.items()
+        }
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise fail("a number")

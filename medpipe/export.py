@@ -58,13 +58,13 @@ def labels_on_grid(probs: MetaTensor, source: Grid, label_values: list[int] | No
     """
     n_classes = int(probs.shape[0])
     values = np.asarray(label_values if label_values is not None else range(n_classes))
-    out = np.zeros(source.shape, dtype=label_dtype(int(values.max())))
+    out: np.ndarray = np.zeros(source.shape, dtype=label_dtype(int(values.max())))
     box = foreground_box(probs, source)
     if box is None:
         return out
     (i0, j0, k0), (i1, j1, k1) = box
     slab = max(1, min(k1 - k0, SLAB_BUDGET_VALUES // max(1, n_classes * (i1 - i0) * (j1 - j0))))
-    resample = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=False, dtype=torch.float32)
+    resample = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=False, dtype=np.float32)
     src_affine = torch.as_tensor(source.affine, dtype=torch.float64)
     for s0 in range(k0, k1, slab):
         s1 = min(k1, s0 + slab)

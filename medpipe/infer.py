@@ -83,7 +83,7 @@ class Segmenter:
 
         def run(out_device: str) -> torch.Tensor:
             with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-                return sliding_window_inference(
+                return sliding_window_inference(  # type: ignore[return-value]
                     image.to(self.device), roi_size=inf.roi_size_vox, sw_batch_size=inf.sw_batch_size,
                     predictor=self.model, overlap=inf.overlap, mode=inf.blend, sw_device=self.device,
                     device=out_device,
@@ -131,9 +131,9 @@ class Segmenter:
             return labels
         from monai.transforms import KeepLargestConnectedComponent
 
-        out = torch.as_tensor(labels[None].astype(np.int64))
-        out = KeepLargestConnectedComponent(applied_labels=list(keep), independent=True)(out)
-        return np.asarray(out[0]).astype(labels.dtype)
+        kept = KeepLargestConnectedComponent(applied_labels=list(keep), independent=True)(
+            torch.as_tensor(labels[None].astype(np.int64)))
+        return np.asarray(kept[0]).astype(labels.dtype)
 
 
 def _sidecar(seg: Segmenter, case: LoadedCase, mask: Path, details: dict[str, Any], seconds: float) -> dict:

@@ -45,7 +45,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None =
     inputs: list[Path] = []
     for case in val:
         # Stage held-out cases under their case id (layouts like KiTS name every image imaging.nii.gz).
-        for chan, image in zip(cfg.channels, case.images):
+        for chan, image in zip(cfg.channels, case.images, strict=False):
             name = f"{case.case_id}.nii.gz" if len(case.images) == 1 else f"{case.case_id}_{chan}.nii.gz"
             inputs.append(_link(image, run_dir / "inputs" / name))
         if case.label is not None:

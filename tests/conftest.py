@@ -27,7 +27,7 @@ def make_affine(perm: tuple[int, int, int] = (0, 1, 2), flips: tuple[int, int, i
                 origin: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
     """Voxel->RAS affine: array axis i runs along world axis perm[i] with sign flips[i], then rotated."""
     m = np.zeros((3, 3))
-    for i, (p, f) in enumerate(zip(perm, flips)):
+    for i, (p, f) in enumerate(zip(perm, flips, strict=True)):
         m[p, i] = f * spacing[i]
     aff = np.eye(4)
     aff[:3, :3] = rotation(rot_deg) @ m

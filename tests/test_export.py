@@ -75,7 +75,7 @@ def test_labels_on_grid_uses_bounded_slabs(tmp_path: Path, monkeypatch: pytest.M
     import medpipe.export as export
 
     affine = make_affine(spacing=(1.0, 1.0, 2.0))
-    full_labels, full = round_trip(tmp_path, affine, (24, 24, 16))
+    _, full = round_trip(tmp_path, affine, (24, 24, 16))
     monkeypatch.setattr(export, "SLAB_BUDGET_VALUES", 3 * 24 * 24 * 3)  # 3 slices per slab
     _, slabbed = round_trip(tmp_path, affine, (24, 24, 16))
     assert np.array_equal(full, slabbed)

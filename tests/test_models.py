@@ -57,7 +57,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "best.pt", model, cfg, epoch=3)
     again, cfg2 = model_from_checkpoint(tmp_path / "best.pt")
     assert cfg2 == cfg and cfg2.labels == {0: "background", 1: "kidney", 2: "tumor"}
-    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -82,7 +83,7 @@ def check_on_grid(path: str | Path, source: Grid, *, shown_path: str | Path | No
     ``shown_path`` is the name used in errors (the final name when ``path`` is a temporary file).
     """
     name = shown_path or path
-    img = nib.load(str(path))
+    img = cast(nib.Nifti1Image, nib.load(str(path)))
     hdr = img.header
     require_same_grid(grid_of(img), source, name, what="written mask grid")
     if not np.issubdtype(hdr.get_data_dtype(), np.integer):

@@ -10,6 +10,7 @@ import gzip
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -52,6 +53,11 @@ class NiftiInfo:
         return self.shape[3] if len(self.shape) > 3 else 1
 
 
+def _nifti(path: Path) -> nib.Nifti1Image:
+    """nibabel's loader, typed as the NIfTI image it returns for files :func:`inspect_nifti` accepted."""
+    return cast(nib.Nifti1Image, nib.load(str(path)))
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         if path.is_symlink():
@@ -71,7 +77,7 @@ def _check_file(path: Path) -> None:
         raise InputError("named .gz but is not gzip-compressed", path=path, hint="rename it to .nii")
 
 
-def _raw_pixdim(path: Path, header_class: type) -> np.ndarray:
+def _raw_pixdim(path: Path, header_class: Any) -> np.ndarray:
     """pixdim[1:4] as stored on disk (nibabel silently replaces zeros by 1 when it loads a header)."""
     with nib.openers.ImageOpener(str(path)) as fh:
         raw = header_class.from_fileobj(fh, check=False)
@@ -136,7 +142,7 @@ def load_nifti(path: str | Path, *, allow_4d: bool = False, dtype: type = np.flo
     """Load a validated NIfTI image (scaling applied) and refuse NaN/Inf voxels. Returns (array, info)."""
     info = inspect_nifti(path, allow_4d=allow_4d)
     try:
-        data = np.asanyarray(nib.load(str(info.path)).dataobj).astype(dtype, copy=False)
+        data: np.ndarray = np.asanyarray(_nifti(info.path).dataobj).astype(dtype, copy=False)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as err:
         raise InputError(f"cannot read voxel data ({err})", path=info.path) from err
     check_finite(data, info.path)
@@ -155,8 +161,9 @@ def check_finite(data: np.ndarray, path: str | Path) -> None:
 def load_label(path: str | Path, allowed: set[int] | None = None) -> tuple[np.ndarray, NiftiInfo]:
     """Load an integer label map. Refuses scaling, non-integer values, and values outside ``allowed``."""
     info = inspect_nifti(path)
-    img = nib.load(str(info.path))
-    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+    img = _nifti(info.path)
+    proxy: Any = img.dataobj
+    slope, inter = float(proxy.slope), float(proxy.inter)
     if slope != 1.0 or inter != 0.0:
         raise InputError(f"label file has intensity scaling (slope {slope}, intercept {inter})", path=path)
     try:
@@ -192,7 +199,7 @@ def label_dtype(max_label: int) -> type:
 def mask_image(labels: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     """A NIfTI label image: integer dtype, slope 1 / intercept 0, qform = sform = ``affine`` (code 1)."""
     max_label = int(labels.max()) if labels.size else 0
-    arr = np.ascontiguousarray(labels.astype(label_dtype(max_label)))
+    arr: np.ndarray = np.ascontiguousarray(labels.astype(label_dtype(max_label)))
     img = nib.Nifti1Image(arr, affine)
     img.header.set_slope_inter(1.0, 0.0)
     img.set_qform(affine, code=1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medpipe.errors import InputError
-from medpipe.io.nifti import inspect_nifti, load_label, load_nifti, mask_image
+from medpipe.io.nifti import load_label, load_nifti, mask_image
 from tests.conftest import make_affine, save_nifti
 
 
@@ -66,7 +66,7 @@ def test_2d_and_5d_are_refused(tmp_path: Path) -> None:
 def test_nan_inf_counted(tmp_path: Path) -> None:
     a = np.zeros((4, 4, 4), np.float32)
     a[0, 0, 0], a[1, 1, 1], a[2, 2, 2] = np.nan, np.inf, -np.inf
-    with pytest.raises(InputError, match="1 NaN and 2 Inf voxels"):
+    with pytest.raises(InputError, match=r"1 NaN and 2 Inf voxels"):
         load_nifti(_img(tmp_path, a))
 
 
@@ -90,7 +90,7 @@ def test_truncated_files(tmp_path: Path) -> None:
         load_nifti(p)
     g = _img(tmp_path, np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32), "t.nii.gz")
     g.write_bytes(g.read_bytes()[:3000])
-    with pytest.raises(InputError, match="cannot read voxel data|not a readable"):
+    with pytest.raises(InputError, match=r"cannot read voxel data|not a readable"):
         load_nifti(g)
 
 

@@ -18,6 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from medpipe.io.dicom.pixels import PixelFormat, pixel_issues
+
 #: Errors pydicom raises on a malformed header; such a file is skipped (and counted), never fatal to a scan.
 HEADER_ERRORS = (
     InvalidDicomError,
@@ -55,41 +57,8 @@ VOLUME_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image",
 }
 
-#: Largest accepted image plane and frame count (a lying header is refused before any allocation).
-MAX_PLANE_PIXELS = 16384 * 16384
-MAX_FRAMES = 65536
-
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
-
-
-@dataclass(frozen=True)
-class PixelFormat:
-    """How a file stores its pixels. ``data_offset`` is the byte offset of the values (native syntaxes only)."""
-
-    transfer_syntax: str
-    bits_allocated: int
-    bits_stored: int
-    high_bit: int
-    signed: bool
-    samples: int
-    photometric: str
-    n_frames: int
-    data_offset: int | None
-    data_length: int | None
-    big_endian: bool
-    file_size: int
-
-    @property
-    def syntax_name(self) -> str:
-        """The transfer syntax's name (or its UID when unknown)."""
-        name = UID(self.transfer_syntax).name
-        return name if name != self.transfer_syntax else f"unknown transfer syntax {self.transfer_syntax}"
-
-    @property
-    def native(self) -> bool:
-        """True when the pixel values are read from ``data_offset`` without a decoder."""
-        return self.data_offset is not None
 
 
 @dataclass(frozen=True)
@@ -242,49 +211,6 @@ def _transfer_syntax(ds: Dataset) -> str:
     return "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
 
 
-def _pixel_issues(fmt: PixelFormat, rows: int, columns: int, declared: int | None, keyword: str) -> list[str]:
-    """Header pre-flight: sizes, bit depths, photometric interpretation, decoder availability, truncation."""
-    issues: list[str] = []
-    if keyword != "PixelData":
-        issues.append(f"{keyword} (floating-point pixels) is not supported")
-    if rows < 1 or columns < 1 or rows * columns > MAX_PLANE_PIXELS:
-        issues.append(f"implausible image size {rows}x{columns} (at most {MAX_PLANE_PIXELS} pixels per image)")
-    if not 1 <= fmt.n_frames <= MAX_FRAMES:
-        issues.append(f"implausible NumberOfFrames {fmt.n_frames} (1 to {MAX_FRAMES} accepted)")
-    if fmt.samples != 1 or fmt.photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        issues.append(
-            f"{fmt.samples} samples per pixel ({fmt.photometric}); expected 1 (MONOCHROME2): colour is not supported"
-        )
-    if fmt.bits_allocated not in (8, 16, 32) or not 1 <= fmt.bits_stored <= fmt.bits_allocated:
-        issues.append(f"BitsAllocated {fmt.bits_allocated} / BitsStored {fmt.bits_stored} is not supported")
-    if issues:
-        return issues
-    if fmt.native:
-        expected = rows * columns * fmt.bits_allocated // 8 * fmt.n_frames
-        if declared is None or declared == 0xFFFFFFFF:
-            issues.append(f"native transfer syntax {fmt.syntax_name} with encapsulated pixel data")
-        elif declared < expected:
-            issues.append(
-                f"pixel data holds {declared} bytes, header declares {expected} "
-                f"({fmt.n_frames} x {rows} x {columns} x {fmt.bits_allocated} bits)"
-            )
-        elif fmt.file_size < (fmt.data_offset or 0) + expected:
-            issues.append(
-                f"truncated file: {fmt.file_size - (fmt.data_offset or 0)} bytes of pixel data, expected {expected}"
-            )
-        return issues
-    from pydicom.pixels import get_decoder
-
-    try:
-        decoder = get_decoder(fmt.transfer_syntax)
-    except NotImplementedError:
-        return [f"cannot decode {fmt.syntax_name}: pydicom has no decoder for it"]
-    if not decoder.is_available:
-        missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
-        issues.append(f"cannot decode {fmt.syntax_name}: install {missing}")
-    return issues
-
-
 def _functional(ds: Dataset, i: int, group: str) -> Dataset | None:
     """Item 0 of functional group ``group`` for frame ``i`` (per-frame first, then shared)."""
     for seq_name, index in (("PerFrameFunctionalGroupsSequence", i), ("SharedFunctionalGroupsSequence", 0)):
@@ -339,7 +265,7 @@ def _frames(
         transfer_syntax=syntax,
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
-        high_bit=_int(ds, "HighBit") if _int(ds, "HighBit") is not None else bits_stored - 1,  # type: ignore[arg-type]
+        high_bit=_int(ds, "HighBit") or bits_stored - 1,
         signed=_int(ds, "PixelRepresentation") == 1,
         samples=_int(ds, "SamplesPerPixel") or 1,
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper(),
@@ -349,7 +275,7 @@ def _frames(
         big_endian=NATIVE_SYNTAXES.get(syntax, False),
         file_size=size,
     )
-    issues = _pixel_issues(fmt, rows, columns, declared, keyword)
+    issues = pixel_issues(fmt, rows, columns, declared, keyword)
     if fmt.high_bit != fmt.bits_stored - 1 and not issues:
         issues.append(f"HighBit {fmt.high_bit} with BitsStored {fmt.bits_stored} is not supported")
     common: dict[str, Any] = {

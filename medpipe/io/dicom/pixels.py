@@ -15,12 +15,19 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydicom.uid import UID
 
 from medpipe.errors import DicomError
-from medpipe.io.dicom.headers import Frame, PixelFormat
+
+if TYPE_CHECKING:
+    from medpipe.io.dicom.headers import Frame
+
+#: Largest accepted image plane and frame count (a lying header is refused before any allocation).
+MAX_PLANE_PIXELS = 16384 * 16384
+MAX_FRAMES = 65536
 
 #: Compressed series with at least this many files are decoded in worker processes.
 PARALLEL_MIN_FILES = 48
@@ -36,6 +43,78 @@ _DECODE_ERRORS = (
     TypeError,
     AttributeError,
 )
+
+
+@dataclass(frozen=True)
+class PixelFormat:
+    """How a file stores its pixels. ``data_offset`` is the byte offset of the values (native syntaxes only)."""
+
+    transfer_syntax: str
+    bits_allocated: int
+    bits_stored: int
+    high_bit: int
+    signed: bool
+    samples: int
+    photometric: str
+    n_frames: int
+    data_offset: int | None
+    data_length: int | None
+    big_endian: bool
+    file_size: int
+
+    @property
+    def syntax_name(self) -> str:
+        """The transfer syntax's name (or its UID when unknown)."""
+        name = UID(self.transfer_syntax).name
+        return name if name != self.transfer_syntax else f"unknown transfer syntax {self.transfer_syntax}"
+
+    @property
+    def native(self) -> bool:
+        """True when the pixel values are read from ``data_offset`` without a decoder."""
+        return self.data_offset is not None
+
+
+def pixel_issues(fmt: PixelFormat, rows: int, columns: int, declared: int | None, keyword: str) -> list[str]:
+    """Header pre-flight: sizes, bit depths, photometric interpretation, decoder availability, truncation."""
+    issues: list[str] = []
+    if keyword != "PixelData":
+        issues.append(f"{keyword} (floating-point pixels) is not supported")
+    if rows < 1 or columns < 1 or rows * columns > MAX_PLANE_PIXELS:
+        issues.append(f"implausible image size {rows}x{columns} (at most {MAX_PLANE_PIXELS} pixels per image)")
+    if not 1 <= fmt.n_frames <= MAX_FRAMES:
+        issues.append(f"implausible NumberOfFrames {fmt.n_frames} (1 to {MAX_FRAMES} accepted)")
+    if fmt.samples != 1 or fmt.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        issues.append(
+            f"{fmt.samples} samples per pixel ({fmt.photometric}); expected 1 (MONOCHROME2): colour is not supported"
+        )
+    if fmt.bits_allocated not in (8, 16, 32) or not 1 <= fmt.bits_stored <= fmt.bits_allocated:
+        issues.append(f"BitsAllocated {fmt.bits_allocated} / BitsStored {fmt.bits_stored} is not supported")
+    if issues:
+        return issues
+    if fmt.native:
+        expected = rows * columns * fmt.bits_allocated // 8 * fmt.n_frames
+        if declared is None or declared == 0xFFFFFFFF:
+            issues.append(f"native transfer syntax {fmt.syntax_name} with encapsulated pixel data")
+        elif declared < expected:
+            issues.append(
+                f"pixel data holds {declared} bytes, header declares {expected} "
+                f"({fmt.n_frames} x {rows} x {columns} x {fmt.bits_allocated} bits)"
+            )
+        elif fmt.file_size < (fmt.data_offset or 0) + expected:
+            issues.append(
+                f"truncated file: {fmt.file_size - (fmt.data_offset or 0)} bytes of pixel data, expected {expected}"
+            )
+        return issues
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(fmt.transfer_syntax)
+    except NotImplementedError:
+        return [f"cannot decode {fmt.syntax_name}: pydicom has no decoder for it"]
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
+        issues.append(f"cannot decode {fmt.syntax_name}: install {missing}")
+    return issues
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,7 @@ def group_frames(frames: list[Frame]) -> list[VolumeCandidate]:
         number = part[0].series_number or 0
         seen[number] += 1
         label = str(number) if per_number[number] == 1 else f"{number}-{seen[number]}"
-        notes = ()
+        notes: tuple[str, ...] = ()
         if n_geometries > 1:
             notes = (f"series holds images of {n_geometries} geometries (mixed orientations or image sizes)",)
         first = part[0]

@@ -116,7 +116,9 @@ def write_volume(volume: DicomVolume, nifti_path: Path) -> str:
     with atomic_path(nifti_path) as tmp:
         nib.save(img, str(tmp))
         if dtype == "float32":
-            require_same_grid(grid_of(nib.load(str(tmp))), volume.grid, nifti_path, what="written volume grid")
+            written = nib.load(str(tmp))
+            assert isinstance(written, nib.Nifti1Image)
+            require_same_grid(grid_of(written), volume.grid, nifti_path, what="written volume grid")
         else:
             check_on_grid(tmp, volume.grid, shown_path=nifti_path)
     return dtype

@@ -90,3 +90,18 @@ def test_output_names_are_file_system_safe():
     assert output_stem("3-2", "") == "series3-2"
     assert output_stem("7", "../../etc/passwd") == "series7_etc_passwd"
     assert len(output_stem("1", "x" * 300)) <= 70
+
+
+def test_render_convert_lists_written_and_failed(tmp_path):
+    from rich.console import Console
+
+    from medpipe.convert import render_convert
+
+    write_series(tmp_path / "in" / "a", series_number=3, description="body")
+    write_series(tmp_path / "in" / "b", series_number=4, drop=(2,), seed=1)
+    (tmp_path / "in" / "x.txt").write_text("x")
+    console = Console(record=True, width=200)
+    console.print(render_convert(convert_dicom(tmp_path / "in", tmp_path / "out")))
+    text = console.export_text()
+    assert "series3_body.nii.gz" in text and "16x12x8" in text and "int16" in text
+    assert "series 4 not converted: " in text and "missing slice" in text and "1 not DICOM" in text

@@ -7,10 +7,13 @@ in-memory path for training validation. Definitions live in ``medpipe/metrics/``
 from __future__ import annotations
 
 import math
+import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -265,3 +268,14 @@ def parse_tolerances(text: str) -> float | dict[int, float]:
     if any(not math.isfinite(v) or v < 0 for v in out.values()):
         raise ConfigError(f"NSD tolerances must be finite and >= 0, got {text!r}")
     return out
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this module sets the attribute ``medpipe.evaluate`` to the module (Python's import rules);
+    making the module callable keeps the documented ``medpipe.evaluate(...)`` call working."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> EvaluationResult:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

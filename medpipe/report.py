@@ -105,7 +105,7 @@ def render_table(result: EvaluationResult) -> Table:
                  _stat(entry, "nsd") + (f" @{t:g} mm" if t is not None else ""),
                  f"{empty['both']}/{empty['ref']}/{empty['pred']}"]  # type: ignore[index]
         if lesion:
-            les = entry.get("lesions") or {}
+            les: dict[str, int] = entry.get("lesions") or {}  # type: ignore[assignment]
             cells += [_stat(entry, "lesion_dice"), f"{les.get('tp', 0)}/{les.get('fn', 0)}/{les.get('fp', 0)}"]
         table.add_row(*cells)
     return table
@@ -195,8 +195,8 @@ def overlay_png(image: Path, ref: np.ndarray, pred: np.ndarray, grid: Grid, regi
              ("sagittal", 0, sp[2] / sp[1], ("A", "P", "S", "I"))]
     for i, (title, axis, aspect, (left, right, top, bottom)) in enumerate(views):
         ax = fig.add_subplot(1, 3, i + 1)
-        take = [slice(None)] * 3
-        take[axis] = centre[axis]  # type: ignore[call-overload]
+        take: list[slice | int] = [slice(None)] * 3
+        take[axis] = centre[axis]
         ax.imshow(ras[0][tuple(take)].T, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect,
                   interpolation="nearest")
         for j, region in enumerate(regions):

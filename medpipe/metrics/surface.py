@@ -39,7 +39,7 @@ def bounding_box(*masks: np.ndarray) -> Box | None:
         rows = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))  # contiguous reductions: fast
         if rows.size == 0:
             continue
-        plane = mask[rows[0] : rows[-1] + 1].any(axis=0)
+        plane: np.ndarray = np.asarray(mask[rows[0] : rows[-1] + 1].any(axis=0))
         cols, depth = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
         lo = np.minimum(lo, [rows[0], cols[0], depth[0]])
         hi = np.maximum(hi, [rows[-1], cols[-1], depth[-1]])

@@ -31,6 +31,14 @@ class DataConfig:
     format: Literal["auto", "kits", "brats2023", "brats2021", "msd", "nnunet", "list"] = "auto"
     val_fraction: float = 0.2
     seed: int = 0
+    #: Cross-validation: ``fold`` in [0, n_folds) trains on the other folds and validates on this one;
+    #: -1 uses one seeded hold-out split of ``val_fraction`` instead.
+    fold: int = -1
+    n_folds: int = 5
+    #: Optional JSON file of the folds (nnU-Net's splits_final.json idea): read if it exists, else written.
+    splits_file: str = ""
+    #: Dataset identity recorded by ``medpipe plan``; training refuses a dataset that has changed since.
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,11 @@ class TrainingConfig:
     cache: bool = True
     seed: int = 0
     deterministic: bool = False
+    #: Mixed precision on CUDA: bf16 where supported (auto), or forced.
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
+    #: A folder for MONAI's PersistentDataset (preprocessed cases on disk, shared by ranks and restarts);
+    #: empty: ``cache`` decides between an in-memory CacheDataset and no cache.
+    cache_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,9 @@ class PipelineConfig:
     modality: Literal["CT", "MR"] = "CT"
     channels: tuple[str, ...] = ("CT",)
     labels: dict[int, str] = field(default_factory=lambda: {0: "background", 1: "foreground"})
+    #: Region-based training (nnU-Net style): name -> label values. Non-empty: one sigmoid output per region
+    #: (overlapping masks, Dice+BCE), listed from the largest to the innermost region.
+    regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     transforms: TransformConfig = field(default_factory=TransformConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -112,8 +128,31 @@ class PipelineConfig:
 
     @property
     def num_classes(self) -> int:
-        """Output channels of the network: max label + 1."""
+        """Label channels after decoding: max label + 1 (channel index = label value)."""
         return max(self.labels) + 1
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels of the network: one per region (sigmoid) or ``num_classes`` (softmax)."""
+        return len(self.regions) if self.regions else self.num_classes
+
+    def region_order(self) -> list[tuple[str, tuple[int, ...], int]]:
+        """(name, label values, label value it decodes to) per region, in order: a voxel takes the label of the
+        last region whose probability exceeds 0.5 (nnU-Net's ``regions_class_order``). The decoded label of a
+        region is the one value it holds that no later region holds."""
+        out = []
+        names = list(self.regions)
+        for i, name in enumerate(names):
+            later = {v for n in names[i + 1:] for v in self.regions[n]}
+            own = sorted(set(self.regions[name]) - later)
+            if len(own) != 1:
+                raise ConfigError(
+                    f"key 'regions.{name}': cannot decode to one label: values {sorted(self.regions[name])} minus "
+                    f"those of later regions leave {own}",
+                    hint="list regions from the largest to the innermost, each adding exactly one label",
+                )
+            out.append((name, tuple(self.regions[name]), own[0]))
+        return out
 
     @property
     def in_channels(self) -> int:
@@ -238,6 +277,20 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         raise bad("inference.overlap", f"must be in [0, 1), found {cfg.inference.overlap}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise bad("data.val_fraction", f"must be in (0, 1), found {cfg.data.val_fraction}")
+    for name, values in cfg.regions.items():
+        unknown = sorted(set(values) - (set(cfg.labels) - {0}))
+        if not values or unknown:
+            raise bad(f"regions.{name}", f"values must be foreground labels of 'labels', found {list(values)}")
+    if cfg.regions:
+        try:
+            cfg.region_order()
+        except ConfigError as err:
+            raise ConfigError(err.message, path=source, hint=err.hint) from err
+    if cfg.data.n_folds < 2:
+        raise bad("data.n_folds", f"must be at least 2, found {cfg.data.n_folds}")
+    if not -1 <= cfg.data.fold < cfg.data.n_folds:
+        raise bad("data.fold", f"fold {cfg.data.fold} does not exist with {cfg.data.n_folds} folds "
+                               f"(0-{cfg.data.n_folds - 1}, or -1 for a hold-out split)")
     if len(cfg.model.strides) != len(cfg.model.channels) - 1:
         raise bad("model.strides", f"needs len(channels) - 1 = {len(cfg.model.channels) - 1} entries")
     for name in ("epochs", "batch_size", "val_every", "samples_per_case", "sw_batch_size"):
@@ -253,9 +306,16 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", base_dir: Pa
         raise ConfigError("expected a mapping at the top level of the config", path=source)
     cfg: PipelineConfig = _build(PipelineConfig, raw, "", source)
     _validate(cfg, source)
-    if cfg.data.root and base_dir is not None and not Path(cfg.data.root).is_absolute():
-        root = (base_dir / cfg.data.root).resolve()
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
+    if base_dir is not None:
+        data = cfg.data
+        if data.root and not Path(data.root).is_absolute():
+            data = dataclasses.replace(data, root=str((base_dir / data.root).resolve()))
+        if data.splits_file and not Path(data.splits_file).is_absolute():
+            data = dataclasses.replace(data, splits_file=str((base_dir / data.splits_file).resolve()))
+        cfg = dataclasses.replace(cfg, data=data)
+        if cfg.training.cache_dir and not Path(cfg.training.cache_dir).is_absolute():
+            cache = str((base_dir / cfg.training.cache_dir).resolve())
+            cfg = cfg.with_overrides(training={"cache_dir": cache})
     return cfg
 
 

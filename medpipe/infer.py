@@ -101,6 +101,7 @@ class Segmenter:
         """Mask (I, J, K) on the case's source grid, and timings/details for the sidecar."""
         from monai.data import MetaTensor
 
+        from medpipe.models import label_scores
         from medpipe.transforms import preprocess
 
         if self._pre is None:
@@ -110,7 +111,7 @@ class Segmenter:
         net_img = self._pre({"image": img})["image"]
         t1 = time.perf_counter()
         logits, rung = self.logits(net_img[None])
-        probs = torch.softmax(logits[0].float(), dim=0)
+        probs = label_scores(logits[0].float(), self.cfg)  # softmax, or decoded sigmoid regions
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         t2 = time.perf_counter()

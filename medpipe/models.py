@@ -49,38 +49,71 @@ def dynunet_topology(patch_size: tuple[int, ...], spacing: tuple[float, ...], de
     strides: list[list[int]] = [[1, 1, 1]]
     for _ in range(depth - 1):
         finest = min(spac)
-        stride = [2 if (s <= 2 * finest and n >= 8) else 1 for s, n in zip(spac, sizes)]
+        stride = [2 if (s <= 2 * finest and n >= 8) else 1 for s, n in zip(spac, sizes, strict=False)]
         kernels.append([3 if s <= 2 * finest else 1 for s in spac])
         strides.append(stride)
-        sizes = [n // st for n, st in zip(sizes, stride)]
-        spac = [s * st for s, st in zip(spac, stride)]
+        sizes = [n // st for n, st in zip(sizes, stride, strict=False)]
+        spac = [s * st for s, st in zip(spac, stride, strict=False)]
     kernels.append([3, 3, 3])
     return kernels, strides
 
 
 def build_model(cfg: PipelineConfig) -> nn.Module:
-    """The configured network with ``in_channels`` inputs and ``num_classes`` output logits."""
+    """The configured network: ``in_channels`` inputs, ``out_channels`` logits (classes, or regions)."""
     m: ModelConfig = cfg.model
     norm = "instance" if m.norm == "instance" else "batch"
     if m.arch in ("unet3d", "unet2d"):
         dims = 3 if m.arch == "unet3d" else 2
         net: nn.Module = UNet(
-            spatial_dims=dims, in_channels=cfg.in_channels, out_channels=cfg.num_classes,
+            spatial_dims=dims, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
             channels=m.channels, strides=m.strides, num_res_units=m.num_res_units, norm=norm, dropout=m.dropout,
         )
         return net if dims == 3 else SliceWise2D(net)
     kernels, strides = dynunet_topology(cfg.transforms.patch_size_vox, cfg.transforms.spacing_mm, len(m.channels))
     return DynUNet(
-        spatial_dims=3, in_channels=cfg.in_channels, out_channels=cfg.num_classes, kernel_size=kernels,
+        spatial_dims=3, in_channels=cfg.in_channels, out_channels=cfg.out_channels, kernel_size=kernels,
         strides=strides, upsample_kernel_size=strides[1:], filters=list(m.channels), norm_name=norm,
         dropout=m.dropout or None, deep_supervision=m.deep_supervision,
         deep_supr_num=max(1, min(2, len(m.channels) - 2)), res_block=True,
     )
 
 
+def label_scores(logits: torch.Tensor, cfg: PipelineConfig) -> torch.Tensor:
+    """Network output (K, X, Y, Z) -> per-label scores (``num_classes``, X, Y, Z), channel index = label value,
+    whose argmax is the segmentation and whose channel 0 is above 0.5 exactly where background wins.
+
+    Softmax models: the softmax. Region models (sigmoid outputs ``p_i`` in region order): with ``t_i = p_i - 0.5``
+    the background scores ``1 - max_i p_i`` and the label decoded from region ``j`` scores
+    ``0.5 + min(t_j, -max_{k>j} t_k)``; the argmax is then nnU-Net's decoding (a voxel takes the label of the last
+    region above 0.5), the scores are continuous, so they can be resampled linearly onto another grid like
+    probabilities, and labels that no region decodes to score -1.
+    """
+    if not cfg.regions:
+        return torch.softmax(logits.float(), dim=0)
+    p = torch.sigmoid(logits.float())
+    t = p - 0.5
+    out = torch.full((cfg.num_classes, *p.shape[1:]), -1.0, dtype=p.dtype, device=p.device)
+    out[0] = 1.0 - p.max(dim=0).values
+    order = cfg.region_order()
+    for j, (_, _, value) in enumerate(order):
+        score = t[j]
+        if j + 1 < len(order):
+            score = torch.minimum(score, -t[j + 1:].max(dim=0).values)
+        out[value] = 0.5 + score
+    return out
+
+
+def region_targets(labels: torch.Tensor, cfg: PipelineConfig) -> torch.Tensor:
+    """Label maps (B, 1, X, Y, Z) -> region masks (B, R, X, Y, Z) float, one channel per region in order."""
+    masks = [torch.isin(labels, torch.tensor(values, device=labels.device, dtype=labels.dtype))
+             for values in cfg.regions.values()]
+    return torch.cat(masks, dim=1).to(torch.float32)
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, cfg: PipelineConfig, **extra: Any) -> None:
     """Write state dict + resolved config + label map (+ optimizer/scheduler/epoch/... in ``extra``) atomically."""
-    module = model.module if hasattr(model, "module") else model
+    inner = getattr(model, "module", None)  # DistributedDataParallel wraps the network
+    module = inner if isinstance(inner, nn.Module) else model
     payload = {
         "format": CHECKPOINT_FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},

@@ -26,6 +26,11 @@ class RunLog:
             except ImportError:
                 self._tb = None
 
+    @property
+    def tensorboard(self) -> bool:
+        """True when TensorBoard event files are being written (the ``tensorboard`` package is installed)."""
+        return self._tb is not None
+
     def add(self, row: dict[str, Any]) -> None:
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
         fields: list[str] = []
@@ -59,7 +64,7 @@ class RunLog:
         for key in dice_keys:
             pts = [(r["epoch"], r[key]) for r in self.rows if r.get(key) not in (None, "")]
             if pts:
-                ax2.plot(*zip(*pts), marker="o", ms=3, label=key.replace("val_dice_", "Dice "))
+                ax2.plot(*zip(*pts, strict=False), marker="o", ms=3, label=key.replace("val_dice_", "Dice "))
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("validation Dice")
         handles = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]

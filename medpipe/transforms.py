@@ -17,7 +17,6 @@ from monai import transforms as mt
 
 from medpipe.config import PipelineConfig
 
-
 #: Axis-code letters for RAS+ affines (nibabel's convention, which MetaTensors from medpipe carry).
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 

@@ -1,0 +1,101 @@
+"""Training and validation datasets/loaders: a cache of preprocessed cases so that epochs after the first are
+not I/O bound, and a DistributedSampler under DDP.
+
+Caching (``training``): ``cache_dir`` set -> MONAI ``PersistentDataset`` (preprocessed cases on disk, shared by
+ranks, restarts and runs; keyed by the preprocessing settings and the dataset identity); else ``cache: true`` ->
+``CacheDataset`` (in memory, built before the first epoch); else no cache. Only the deterministic head of the
+chain (load, orient, resample, normalise, crop, pad) is cached; patch sampling and augmentation run every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medpipe.config import PipelineConfig
+from medpipe.datasets import Case
+from medpipe.distributed import DistInfo
+
+
+@dataclass
+class Loaders:
+    train_ds: Any
+    val_ds: Any
+    train_tf: Any
+    loader: Any
+    sampler: Any
+    generator: torch.Generator
+
+
+def _persistent_dataset_class() -> Any:
+    from monai.data import PersistentDataset
+
+    class RobustPersistentDataset(PersistentDataset):  # type: ignore[misc]
+        """PersistentDataset that recomputes a cache file left truncated by a killed process (MONAI only
+        recomputes files with a bad magic number)."""
+
+        def _cachecheck(self, item_transformed: Any) -> Any:
+            try:
+                return super()._cachecheck(item_transformed)
+            except (RuntimeError, EOFError) as err:
+                if self.cache_dir is None or ("zip" not in str(err).lower() and not isinstance(err, EOFError)):
+                    raise
+                name = self.hash_func(item_transformed).decode("utf-8") + self.transform_hash
+                (Path(self.cache_dir) / f"{name}.pt").unlink(missing_ok=True)
+                return super()._cachecheck(item_transformed)
+
+    return RobustPersistentDataset
+
+
+def cache_key(cfg: PipelineConfig, identity: str) -> str:
+    """Cache folder name: the preprocessing settings + patch padding + channels + dataset identity."""
+    t = cfg.transforms
+    keys = {"orientation": t.orientation, "spacing_mm": list(t.spacing_mm), "intensity": t.intensity,
+            "hu_window": list(t.hu_window), "crop": t.crop_foreground, "patch": list(t.patch_size_vox),
+            "channels": list(cfg.channels), "data": identity}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_dataset(cfg: PipelineConfig, cases: list[Case], transform: Any, identity: str, part: str) -> Any:
+    from monai.data import CacheDataset, Dataset
+
+    data = [c.as_dict() for c in cases]
+    t = cfg.training
+    if t.cache_dir:
+        folder = Path(t.cache_dir) / cache_key(cfg, identity) / part
+        folder.mkdir(parents=True, exist_ok=True)
+        return _persistent_dataset_class()(data=data, transform=transform, cache_dir=folder)
+    if t.cache:
+        threads = max(1, min(8, os.cpu_count() or 1))
+        return CacheDataset(data=data, transform=transform, cache_rate=1.0, num_workers=threads, progress=False)
+    return Dataset(data=data, transform=transform)
+
+
+def build_loaders(cfg: PipelineConfig, train_cases: list[Case], val_cases: list[Case], identity: str,
+                  dist: DistInfo, device: str) -> Loaders:
+    """Datasets and the training loader. Under DDP each rank validates its share ``val_cases[rank::world]``."""
+    from monai.data import DataLoader, list_data_collate
+    from torch.utils.data.distributed import DistributedSampler
+
+    from medpipe.transforms import train_transforms, val_transforms
+
+    train_tf = train_transforms(cfg)
+    train_ds = make_dataset(cfg, train_cases, train_tf, identity, "train")
+    val_ds = make_dataset(cfg, val_cases[dist.rank::dist.world_size], val_transforms(cfg), identity, "val")
+    generator = torch.Generator().manual_seed(cfg.training.seed)
+    sampler: DistributedSampler | None = None
+    if dist.enabled:
+        sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                     seed=cfg.training.seed, drop_last=False)
+    workers = cfg.training.num_workers
+    loader = DataLoader(train_ds, batch_size=cfg.training.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=workers, collate_fn=list_data_collate, generator=generator,
+                        pin_memory=device.startswith("cuda"), persistent_workers=False,
+                        prefetch_factor=4 if workers > 0 else None)
+    return Loaders(train_ds, val_ds, train_tf, loader, sampler, generator)

@@ -1,0 +1,146 @@
+"""Determinism and resume state: seeding, RNG snapshots, the resume identity, and checkpoint selection.
+
+Determinism policy (docs/training.md): every source of randomness in epoch ``e`` is reseeded from
+``(training.seed, e, rank)`` when the epoch starts (Python, NumPy, torch, the transforms, the loader's shuffle
+generator, the DistributedSampler), so an epoch's randomness does not depend on what ran before it. A run that
+resumes from the checkpoint of epoch ``e`` therefore replays epochs ``e+1...`` exactly as the uninterrupted run
+did. The global RNG states are saved in every checkpoint all the same and restored on resume.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medpipe.config import PipelineConfig
+from medpipe.errors import CheckpointError
+
+#: Checkpoint names in the order a resume tries them (``previous.pt`` is the one before the latest).
+RESUME_CANDIDATES = ("last.pt", "previous.pt")
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of epoch ``epoch`` on ``rank`` (a fixed mix, < 2**31)."""
+    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**31 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_determinism(deterministic: bool, cuda: bool) -> None:
+    """``training.deterministic``: deterministic kernels (warn where none exists) and no cuDNN autotuning;
+    otherwise cuDNN may autotune (faster, run-to-run differences of the order of float rounding on CUDA)."""
+    if deterministic:
+        if cuda:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = cuda and not deterministic
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states, as plain lists and tensors (loadable with ``weights_only=True``)."""
+    np_state: Any = np.random.get_state()
+    return {
+        "python": repr(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import ast
+
+    random.setstate(ast.literal_eval(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+#: Fields that may change between a run and its resume: the length of the run, where the data lives (its
+#: content is checked separately) and how it is fed (workers, caching). Anything else refuses the resume.
+RESUMABLE_CHANGES = {"training": ("epochs", "num_workers", "cache", "cache_dir"), "data": ("root", "splits_file")}
+
+
+def resume_key(cfg: PipelineConfig) -> str:
+    """Config identity for resuming: everything except :data:`RESUMABLE_CHANGES`."""
+    d = cfg.to_dict()
+    for section, keys in RESUMABLE_CHANGES.items():
+        for key in keys:
+            d[section].pop(key, None)
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_changes(stored: dict[str, Any], current: PipelineConfig) -> list[str]:
+    """``section.key: old -> new`` for every config value that differs from the run being resumed."""
+    now = current.to_dict()
+    out = []
+    for section, value in now.items():
+        old = stored.get(section)
+        if isinstance(value, dict) and isinstance(old, dict) and section not in ("labels", "regions"):
+            for key, v in value.items():
+                if key in RESUMABLE_CHANGES.get(section, ()):
+                    continue
+                o = old.get(key)
+                if o != v and not (isinstance(o, list | tuple) and isinstance(v, list | tuple) and list(o) == list(v)):
+                    out.append(f"{section}.{key}: {o!r} -> {v!r}")
+        elif str(old) != str(value) and not (isinstance(old, dict) and {str(k): x for k, x in old.items()} ==
+                                             {str(k): x for k, x in value.items()}):
+            out.append(f"{section}: {old!r} -> {value!r}")
+    return out
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete temporary files a killed run left beside its outputs (``.<name>.<random>.tmp<suffix>``)."""
+    removed = []
+    for p in run_dir.glob(".*.tmp*"):
+        if p.is_file() and not p.name.startswith(".medpipe-probe-"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def resumable(run_dir: Path) -> bool:
+    return any((run_dir / name).is_file() for name in RESUME_CANDIDATES)
+
+
+def pick_checkpoint(run_dir: Path, map_location: str) -> tuple[Path, dict[str, Any], list[str]]:
+    """The newest loadable resume checkpoint; corrupt ones are renamed ``*.corrupt`` (quarantined).
+
+    Returns (path, checkpoint, notices). Raises :class:`CheckpointError` naming each file and its problem when
+    none can be loaded.
+    """
+    from medpipe.models import load_checkpoint
+
+    notices: list[str] = []
+    problems: list[str] = []
+    for name in RESUME_CANDIDATES:
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        try:
+            return path, load_checkpoint(path, map_location=map_location), notices
+        except CheckpointError as err:
+            quarantine = path.with_name(path.name + ".corrupt")
+            os.replace(path, quarantine)
+            problems.append(f"{name}: {err.message}")
+            notices.append(f"{path}: {err.message}; moved to {quarantine.name}")
+    if problems:
+        raise CheckpointError("no usable checkpoint to resume from: " + "; ".join(problems), path=run_dir,
+                              hint="the unreadable files were renamed *.corrupt; start a new run")
+    raise CheckpointError("nothing to resume: no last.pt in the run folder", path=run_dir)

@@ -216,8 +216,50 @@ def test_classic_multiframe_without_frame_geometry_is_unsupported(tmp_path):
         read_dicom_volume(folder)
 
 
-def test_parallel_decoding_gives_the_same_volume(tmp_path):
-    series = write_series(tmp_path / "s", transfer_syntax=RLELossless)
+def test_jpeg2000_threads_and_both_decoders_agree(tmp_path):
+    from medpipe.io.dicom import analyse, scan_folder
+    from medpipe.io.dicom.decode import decode_frames
+
+    series = write_series(tmp_path / "s", transfer_syntax=JPEG2000Lossless, intercept=-1024.0)
     serial = read_dicom_volume(series.folder, workers=1)
-    parallel = read_dicom_volume(series.folder, workers=2)
-    np.testing.assert_array_equal(serial.array, parallel.array)
+    threaded = read_dicom_volume(series.folder, workers=3)
+    np.testing.assert_array_equal(serial.array, series.expected_array())
+    np.testing.assert_array_equal(threaded.array, serial.array)
+    (cand,) = scan_folder(series.folder).candidates
+    frames = [cand.frames[i] for i in analyse(cand).order]
+    fast = decode_frames(frames, series.folder)
+    slow = decode_frames(frames, series.folder, use_imagecodecs=False)
+    assert fast.keys() == slow.keys()
+    for key in fast:
+        np.testing.assert_array_equal(fast[key], slow[key])
+
+
+@pytest.mark.parametrize("use_imagecodecs", [True, False])
+def test_jpeg2000_sign_mismatch_follows_pixel_representation(tmp_path, use_imagecodecs):
+    """pydicom's sample: a J2K stream declared unsigned holding signed CT values (PixelRepresentation 1)."""
+    from medpipe.io.dicom import scan_folder
+    from medpipe.io.dicom.decode import decode_frames
+    from medpipe.io.dicom.pixels import mask_to_bits_stored
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("J2K_pixelrep_mismatch.dcm"), folder / "a.dcm")
+    reference = pydicom.dcmread(get_testdata_file("J2K_pixelrep_mismatch.dcm")).pixel_array
+    (cand,) = scan_folder(folder).candidates
+    (frame,) = cand.frames
+    (raw,) = decode_frames([frame], folder, use_imagecodecs=use_imagecodecs).values()
+    values, _ = mask_to_bits_stored(raw, frame.fmt)
+    np.testing.assert_array_equal(values, reference)
+    assert values.min() < 0
+
+
+def test_corrupt_jpeg2000_names_file_and_syntax(tmp_path):
+    series = write_series(tmp_path / "s", transfer_syntax=JPEG2000Lossless)
+    victim = series.files[2]
+    data = bytearray(victim.read_bytes())
+    start = data.find(b"\xff\x4f\xff\x51")  # J2K codestream start (SOC, SIZ)
+    data[start + 40 : start + 80] = b"\x00" * 40
+    victim.write_bytes(bytes(data))
+    with pytest.raises(DicomError) as err:
+        read_dicom_volume(series.folder)
+    assert victim.name in str(err.value) and "JPEG 2000" in str(err.value)

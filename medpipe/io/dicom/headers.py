@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from medpipe.io.dicom.pixels import PixelFormat, pixel_issues
+from medpipe.io.dicom.pixels import NATIVE_SYNTAXES, PixelFormat, pixel_issues
 
 #: Errors pydicom raises on a malformed header; such a file is skipped (and counted), never fatal to a scan.
 HEADER_ERRORS = (
@@ -35,14 +35,44 @@ HEADER_ERRORS = (
     OverflowError,
 )
 
-#: Transfer syntaxes whose pixel values are read straight from the file (no decoder).
-NATIVE_SYNTAXES = {
-    "1.2.840.10008.1.2": False,  # Implicit VR Little Endian -> big_endian False
-    "1.2.840.10008.1.2.1": False,  # Explicit VR Little Endian
-    "1.2.840.10008.1.2.2": True,  # Explicit VR Big Endian (retired)
-}
-
 DEFLATED = "1.2.840.10008.1.2.1.99"
+
+#: The only attributes parsed from each header (the scan's speed depends on it; nothing else is read).
+HEADER_TAGS = [
+    "SpecificCharacterSet",
+    "ImageType",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+    "SeriesDescription",
+    "SliceThickness",
+    "EchoNumbers",
+    "GantryDetectorTilt",
+    "PatientPosition",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "AcquisitionNumber",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "TemporalPositionIdentifier",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "BurnedInAnnotation",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "ModalityLUTSequence",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+]
 
 #: SOP classes that hold CT/MR/PET volumes.
 VOLUME_SOP_CLASSES = {
@@ -144,8 +174,9 @@ def _text(ds: Dataset | None, keyword: str) -> str | None:
 
 def _sop_class(ds: Dataset) -> str:
     uid = str(ds.get("SOPClassUID", "") or "")
-    if not uid and "file_meta" in dir(ds) and ds.file_meta is not None:
-        uid = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    meta = getattr(ds, "file_meta", None)
+    if not uid and meta is not None:
+        uid = str(meta.get("MediaStorageSOPClassUID", "") or "")
     return uid
 
 
@@ -234,7 +265,7 @@ def read_header(path: Path, name: str) -> list[Frame] | Skipped:
         return Skipped(name, "not DICOM")
     try:
         with path.open("rb") as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True, specific_tags=HEADER_TAGS)
             reason = skip_reason(ds)
             if reason is not None:
                 return Skipped(name, reason)
@@ -256,7 +287,7 @@ def _frames(
     ds: Dataset, path: Path, name: str, size: int, keyword: str, offset: int | None, declared: int | None
 ) -> list[Frame]:
     syntax = _transfer_syntax(ds)
-    native = syntax in NATIVE_SYNTAXES and declared not in (None, 0xFFFFFFFF)
+    encapsulated = declared == 0xFFFFFFFF
     rows, columns = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
     bits_allocated = _int(ds, "BitsAllocated") or 0
     bits_stored = _int(ds, "BitsStored") or bits_allocated
@@ -270,10 +301,11 @@ def _frames(
         samples=_int(ds, "SamplesPerPixel") or 1,
         photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper(),
         n_frames=n_frames,
-        data_offset=offset if native else None,
+        data_offset=offset,
         data_length=declared,
         big_endian=NATIVE_SYNTAXES.get(syntax, False),
         file_size=size,
+        encapsulated=encapsulated,
     )
     issues = pixel_issues(fmt, rows, columns, declared, keyword)
     if fmt.high_bit != fmt.bits_stored - 1 and not issues:

@@ -1,18 +1,12 @@
-"""Pixel values of sorted frames: native reads at the offsets found by the header scan, decoding of
-compressed transfer syntaxes (pydicom + pylibjpeg, in worker processes for long series), masking to
-BitsStored, and the modality LUT (RescaleSlope/Intercept per slice, in float32 so HU never wrap).
+"""Pixel values of sorted frames, and the header pre-flight that runs before any pixel is read.
 
-The header pre-flight (sizes, truncation, decoder availability) already ran in :mod:`.headers`; the
-checks here repeat only what the file could still contradict (bytes actually read, decoded shape).
+Native (uncompressed) frames are read at the byte offsets the header scan found; compressed frames are
+decoded by :mod:`.decode`. Values are masked to BitsStored (sign-extended when signed) and the modality LUT
+(RescaleSlope/Intercept per slice) is applied in float32, so HU never wrap around.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import struct
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,25 +23,21 @@ if TYPE_CHECKING:
 MAX_PLANE_PIXELS = 16384 * 16384
 MAX_FRAMES = 65536
 
-#: Compressed series with at least this many files are decoded in worker processes.
-PARALLEL_MIN_FILES = 48
-_DECODE_ERRORS = (
-    RuntimeError,
-    ValueError,
-    NotImplementedError,
-    OSError,
-    EOFError,
-    struct.error,
-    KeyError,
-    IndexError,
-    TypeError,
-    AttributeError,
-)
+#: Transfer syntaxes whose pixel values are read straight from the file (value: big endian).
+NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2": False,  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1": False,  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2": True,  # Explicit VR Big Endian (retired)
+}
 
 
 @dataclass(frozen=True)
 class PixelFormat:
-    """How a file stores its pixels. ``data_offset`` is the byte offset of the values (native syntaxes only)."""
+    """How a file stores its pixels.
+
+    ``data_offset`` is the byte offset of the Pixel Data value (native values, or the first item of
+    encapsulated data); None when offsets are meaningless (a deflated data set).
+    """
 
     transfer_syntax: str
     bits_allocated: int
@@ -61,6 +51,7 @@ class PixelFormat:
     data_length: int | None
     big_endian: bool
     file_size: int
+    encapsulated: bool = False
 
     @property
     def syntax_name(self) -> str:
@@ -71,7 +62,7 @@ class PixelFormat:
     @property
     def native(self) -> bool:
         """True when the pixel values are read from ``data_offset`` without a decoder."""
-        return self.data_offset is not None
+        return self.transfer_syntax in NATIVE_SYNTAXES and not self.encapsulated and self.data_offset is not None
 
 
 def pixel_issues(fmt: PixelFormat, rows: int, columns: int, declared: int | None, keyword: str) -> list[str]:
@@ -91,11 +82,11 @@ def pixel_issues(fmt: PixelFormat, rows: int, columns: int, declared: int | None
         issues.append(f"BitsAllocated {fmt.bits_allocated} / BitsStored {fmt.bits_stored} is not supported")
     if issues:
         return issues
+    if fmt.transfer_syntax in NATIVE_SYNTAXES and fmt.encapsulated:
+        return [f"encapsulated (compressed) pixel data under the uncompressed {fmt.syntax_name}"]
     if fmt.native:
         expected = rows * columns * fmt.bits_allocated // 8 * fmt.n_frames
-        if declared is None or declared == 0xFFFFFFFF:
-            issues.append(f"native transfer syntax {fmt.syntax_name} with encapsulated pixel data")
-        elif declared < expected:
+        if (declared or 0) < expected:
             issues.append(
                 f"pixel data holds {declared} bytes, header declares {expected} "
                 f"({fmt.n_frames} x {rows} x {columns} x {fmt.bits_allocated} bits)"
@@ -105,16 +96,10 @@ def pixel_issues(fmt: PixelFormat, rows: int, columns: int, declared: int | None
                 f"truncated file: {fmt.file_size - (fmt.data_offset or 0)} bytes of pixel data, expected {expected}"
             )
         return issues
-    from pydicom.pixels import get_decoder
+    from medpipe.io.dicom.decode import decoder_problem
 
-    try:
-        decoder = get_decoder(fmt.transfer_syntax)
-    except NotImplementedError:
-        return [f"cannot decode {fmt.syntax_name}: pydicom has no decoder for it"]
-    if not decoder.is_available:
-        missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
-        issues.append(f"cannot decode {fmt.syntax_name}: install {missing}")
-    return issues
+    problem = decoder_problem(fmt)
+    return [problem] if problem else []
 
 
 @dataclass(frozen=True)
@@ -149,75 +134,15 @@ def _read_native(frame: Frame, folder: Path) -> np.ndarray:
     return raw.reshape(frame.rows, frame.columns)
 
 
-def decode_file(path: Path) -> np.ndarray:
-    """Decode every frame of a (compressed or deflated) file with pydicom: (frames, rows, columns), raw values."""
-    import pydicom
-    from pydicom.pixels import pixel_array
-
-    ds = pydicom.dcmread(path)
-    arr = pixel_array(ds, raw=True)
-    n_frames = int(ds.get("NumberOfFrames") or 1)
-    return arr.reshape(n_frames, *arr.shape[-2:]) if arr.ndim >= 2 else arr
-
-
-def _decode_chunk(paths: Sequence[Path]) -> list[np.ndarray | str]:
-    """Worker: decode files; a failure is returned as its message (exceptions do not cross cleanly)."""
-    out: list[np.ndarray | str] = []
-    for path in paths:
-        try:
-            out.append(decode_file(path))
-        except _DECODE_ERRORS as err:
-            out.append(f"{type(err).__name__}: {err}")
-    return out
-
-
-def _worker_count(n_files: int, workers: int | None) -> int:
-    if workers is not None:
-        return max(1, workers)
-    if n_files < PARALLEL_MIN_FILES:
-        return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cpus, 8, n_files // 16))
-
-
-def _decode_all(paths: list[Path], workers: int) -> list[np.ndarray | str]:
-    if workers <= 1 or len(paths) < 2:
-        return _decode_chunk(paths)
-    size = -(-len(paths) // (workers * 4))
-    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
-        results = list(pool.map(_decode_chunk, chunks))
-    return [item for chunk in results for item in chunk]
-
-
-def _decoded(frames: list[Frame], folder: Path, workers: int | None) -> dict[Path, np.ndarray]:
-    paths = sorted({f.path for f in frames if not f.fmt.native})
-    if not paths:
-        return {}
-    results = _decode_all(paths, _worker_count(len(paths), workers))
-    by_path = {f.path: f for f in frames}
-    out: dict[Path, np.ndarray] = {}
-    for path, result in zip(paths, results, strict=True):
-        frame = by_path[path]
-        if isinstance(result, str):
-            message = result.replace(str(path), frame.name)
-            raise DicomError(
-                f"cannot decode pixel data of {frame.name} ({frame.fmt.syntax_name}): {message}", path=folder
-            )
-        if result.shape[-2:] != (frame.rows, frame.columns) or result.shape[0] < frame.fmt.n_frames:
-            raise DicomError(
-                f"decoded pixel data of {frame.name} has shape {result.shape}, header declares "
-                f"{frame.fmt.n_frames} x {frame.rows} x {frame.columns}",
-                path=folder,
-            )
-        out[path] = result
-    return out
-
-
 def mask_to_bits_stored(raw: np.ndarray, fmt: PixelFormat) -> tuple[np.ndarray, int]:
-    """Clear bits above BitsStored (sign-extending signed data). Returns (values, count of changed voxels)."""
+    """Clear bits above BitsStored (sign-extending signed data). Returns (values, count of changed voxels).
+
+    A decoder that disagrees with PixelRepresentation (a JPEG 2000 stream declared unsigned for signed data)
+    is corrected first: the values are reinterpreted with the header's signedness.
+    """
     raw = raw.astype(raw.dtype.newbyteorder("="), copy=False)
+    if raw.dtype.kind in "iu" and (raw.dtype.kind == "i") != fmt.signed:
+        raw = raw.view(f"{'i' if fmt.signed else 'u'}{raw.itemsize}")
     bits, stored = raw.dtype.itemsize * 8, fmt.bits_stored
     if stored >= bits or raw.dtype.kind not in "iu":
         return raw, 0
@@ -235,13 +160,15 @@ def mask_to_bits_stored(raw: np.ndarray, fmt: PixelFormat) -> tuple[np.ndarray, 
 
 def read_stack(frames: list[Frame], folder: Path, *, workers: int | None = None) -> tuple[np.ndarray, StackValues]:
     """Pixel values of ``frames`` (already in slice order) as float32 (K, rows, columns), modality LUT applied."""
+    from medpipe.io.dicom.decode import decode_frames
+
     k, rows, cols = len(frames), frames[0].rows, frames[0].columns
     out = np.empty((k, rows, cols), dtype=np.float32)
-    decoded = _decoded(frames, folder, workers)
+    decoded = decode_frames([f for f in frames if not f.fmt.native], folder, workers=workers)
     masked = 0
     lut_frames = []
     for i, frame in enumerate(frames):
-        raw = _read_native(frame, folder) if frame.fmt.native else decoded[frame.path][frame.index or 0]
+        raw = _read_native(frame, folder) if frame.fmt.native else decoded[(frame.path, frame.index or 0)]
         raw, changed = mask_to_bits_stored(raw, frame.fmt)
         masked += changed
         if frame.has_lut_sequence:

@@ -72,8 +72,14 @@ def train(
     device: Device = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last.pt.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Resume even if config or data changed.")] = False,
+    fold: Annotated[int | None, typer.Option("--fold", help="Cross-validation fold (overrides data.fold; -1: "
+                                             "hold-out split).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="Dataset layout (overrides data.format): auto, "
+                                            "kits, brats2023, brats2021, msd, nnunet, list.")] = None,
 ) -> None:
-    """Train a segmentation model; writes best.pt / last.pt, metrics.csv and a training curve."""
+    """Train a segmentation model; writes best.pt / last.pt, metrics.csv and a training curve.
+
+    Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node=N -m medpipe.cli train ...``."""
     from medpipe.progress import TrainProgress
     from medpipe.train import train as run_train
 
@@ -81,7 +87,7 @@ def train(
         cfg = _config(config)
         with TrainProgress(err_console) as progress:
             result = run_train(cfg, out_dir, data_root=data, epochs=epochs, device=device, resume=resume,
-                               force=force, on_event=progress.update)
+                               force=force, fold=fold, fmt=fmt, on_event=progress.update)
     out.print(f"[green]done[/]: best mean validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
               f"checkpoints in {result.run_dir}")
 
@@ -163,6 +169,54 @@ def evaluate(
         result = run_evaluate(pred, ref, out_dir, **kwargs)
         out.print(render_table(result))
     out.print(f"report: {out_dir}")
+
+
+dataset_app = typer.Typer(help="Dataset tools: integrity check and fingerprint.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("check")
+def dataset_check(
+    root: Annotated[Path, typer.Argument(help="Dataset folder (or a .csv/.json list of cases).")],
+    fmt: Annotated[str, typer.Option("--format", help="Layout: auto, kits, brats2023, brats2021, msd, nnunet, "
+                                     "list.")] = "auto",
+    labels_from: Annotated[Path | None, typer.Option("--labels-from", help="Pipeline YAML whose labels and "
+                                                     "channels to check against.")] = None,
+    fingerprint: Annotated[Path | None, typer.Option("--out", "-o", help="Write the fingerprint JSON here.")] = None,
+) -> None:
+    """Integrity report before training (missing files, channels, grids, label values, NaN/Inf, outliers,
+    duplicates) and the dataset fingerprint. Exit code 1 when there are errors."""
+    from medpipe.datasets import check_dataset, save_fingerprint
+    from medpipe.datasets.check import render_check
+
+    with handled():
+        cfg = _config(labels_from) if labels_from else None
+        report = check_dataset(root, fmt, labels=cfg.labels if cfg else None, channels=cfg.channels if cfg else None)
+        if fingerprint is not None:
+            save_fingerprint(report, fingerprint)
+    out.print(render_check(report))
+    if fingerprint is not None:
+        out.print(f"fingerprint: {fingerprint}")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def plan(
+    root: Annotated[Path, typer.Argument(help="Dataset folder (or a .csv/.json list of cases).")],
+    out_yaml: Annotated[Path, typer.Option("--out", "-o", help="Pipeline YAML to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="Dataset layout (default: detect).")] = "auto",
+    gpu_mem_gb: Annotated[float, typer.Option("--gpu-mem-gb", min=2.0, help="GPU memory budget for one "
+                                              "training step.")] = 8.0,
+) -> None:
+    """Configure training from the dataset fingerprint (spacing, patch, batch, network, normalisation)."""
+    from medpipe.plan import plan_dataset
+
+    with handled():
+        result = plan_dataset(root, out_yaml, fmt=fmt, gpu_mem_gb=gpu_mem_gb)
+    for note in result.notes:
+        out.print(f"  - {note}")
+    out.print(f"[green]plan[/]: {out_yaml} (train it with `medpipe train {out_yaml} --out RUN`)")
 
 
 @app.command("sample-data")

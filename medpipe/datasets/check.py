@@ -260,25 +260,24 @@ def save_fingerprint(report: CheckReport, path: str | Path) -> Path:
 
 
 def render_check(report: CheckReport, max_rows: int = 40) -> Any:
-    """A rich table of the issues (errors first) and a one-line summary, for the CLI."""
+    """The issues (errors first), one per line, and a one-line summary, for the CLI."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     fp = report.fingerprint
-    summary = Text(f"{report.dataset.format} dataset, {fp['dataset']['n_cases']} cases, channels "
-                   f"{', '.join(fp['dataset']['channels'])}, modality {fp['modality']}, spacing (median, RAS) "
-                   f"{fp['spacing_mm'].get('median')} mm: {len(report.errors)} errors, {len(report.warnings)} warnings")
-    if not report.issues:
-        return Group(summary)
-    table = Table(show_lines=False)
-    for col in ("", "case", "check", "problem", "file"):
-        table.add_column(col, overflow="fold")
+    lines: list[Any] = []
     ordered = sorted(report.issues, key=lambda i: (i.severity != "error", i.case_id))
     for i in ordered[:max_rows]:
-        mark = "[red]error[/]" if i.severity == "error" else "[yellow]warn[/]"
-        table.add_row(mark, i.case_id, i.check, i.message, i.path)
-    parts: list[Any] = [table, summary]
+        line = Text()
+        line.append("error " if i.severity == "error" else "warn  ", style="red" if i.severity == "error" else "yellow")
+        line.append(f"{i.case_id or '(dataset)'} ", style="bold")
+        line.append(f"[{i.check}] {i.message}  ")
+        line.append(i.path, style="dim")
+        lines.append(line)
     if len(ordered) > max_rows:
-        parts.insert(1, Text(f"... {len(ordered) - max_rows} more in the fingerprint JSON"))
-    return Group(*parts)
+        lines.append(Text(f"... {len(ordered) - max_rows} more in the fingerprint JSON (-o)"))
+    lines.append(Text(f"{report.dataset.format} dataset, {fp['dataset']['n_cases']} cases, channels "
+                      f"{', '.join(fp['dataset']['channels'])}, modality {fp['modality']}, median spacing (RAS) "
+                      f"{fp['spacing_mm'].get('median')} mm: {len(report.errors)} errors, "
+                      f"{len(report.warnings)} warnings"))
+    return Group(*lines)

@@ -255,28 +255,31 @@ def _msd(root: Path) -> Dataset:
 
 
 def _nnunet_labels(raw: Any, path: Path) -> tuple[dict[int, str], dict[str, tuple[int, ...]]]:
-    """nnU-Net v2 ``labels``: name -> value, or name -> [values] for regions."""
+    """nnU-Net v2 ``labels``: name -> value; when any entry is a list of values the dataset is region-based and
+    every foreground entry is a region (in the file's order, as nnU-Net's ``regions_class_order`` expects)."""
     if not isinstance(raw, dict) or not raw:
         raise DatasetError("'labels' must be a non-empty object of name: value", path=path)
-    plain: dict[int, str] = {}
-    regions: dict[str, tuple[int, ...]] = {}
+    entries: dict[str, tuple[int, ...]] = {}
     for name, value in raw.items():
         if isinstance(value, int) and not isinstance(value, bool):
-            if value in plain:
-                raise DatasetError(f"label value {value} is given to both '{plain[value]}' and '{name}'", path=path)
-            plain[value] = str(name)
+            entries[str(name)] = (value,)
         elif isinstance(value, list | tuple) and value and all(isinstance(v, int) for v in value):
-            regions[str(name)] = tuple(int(v) for v in value)
+            entries[str(name)] = tuple(int(v) for v in value)
         else:
             raise DatasetError(f"label '{name}': expected an integer or a list of integers, found {value!r}",
                                path=path)
-    if regions:  # region datasets: the label map is every value a region uses, named after its region
-        values = sorted(({v for vs in regions.values() for v in vs} | set(plain)) - {0})
-        names = {v: n for n, vs in regions.items() for v in vs if len(vs) == 1}
-        plain = {0: plain.get(0, "background"), **{v: names.get(v, plain.get(v, f"label_{v}")) for v in values}}
-        regions = {n: vs for n, vs in regions.items() if vs != (0,)}
-    _check_label_map(plain, path, consecutive=not regions)
-    return plain, regions
+    if all(len(v) == 1 for v in entries.values()):
+        plain: dict[int, str] = {}
+        for name, (value,) in entries.items():
+            if value in plain:
+                raise DatasetError(f"label value {value} is given to both '{plain[value]}' and '{name}'", path=path)
+            plain[value] = name
+        _check_label_map(plain, path, consecutive=True)
+        return plain, {}
+    regions = {n: v for n, v in entries.items() if v != (0,)}
+    values = sorted({v for vs in regions.values() for v in vs} - {0})
+    labels = {0: "background", **{v: f"label_{v}" for v in values}}
+    return labels, regions
 
 
 def _nnunet(root: Path) -> Dataset:
@@ -360,7 +363,13 @@ def _listed(path: Path) -> Dataset:
         n_channels = len(images)
         f.cases.append(Case(cid, images, label))
     names = tuple(f"ch{i}" for i in range(n_channels or 1))
-    return Dataset(path, "list", tuple(f.cases), names, None, issues=tuple(f.issues))
+    cases = f.cases
+    stems = [c.case_id for c in cases]
+    parents = [c.images[0].parent.name for c in cases]
+    if len(set(stems)) < len(stems) and len(set(parents)) == len(parents):  # KiTS-like: every file imaging.nii.gz
+        cases = [Case(p, c.images, c.label) if c.case_id == case_id_from_path(c.images[0]) else c
+                 for c, p in zip(cases, parents, strict=True)]
+    return Dataset(path, "list", tuple(cases), names, None, issues=tuple(f.issues))
 
 
 def _duplicate_ids(ds: Dataset) -> list[Issue]:

@@ -125,7 +125,7 @@ def load_case(case: InputCase, n_channels: int, dicom_options: dict[str, Any] | 
         raise InputError("case has no image files", path=case.case_id)
     if len(arrays) != n_channels:
         raise InputError(f"{len(arrays)} channels, the model expects {n_channels}", path=case.files[0])
-    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)), {"source": "nifti"})
+    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)), {"format": "nifti"})
 
 
 def _load_dicom(case: InputCase, n_channels: int, options: dict[str, Any]) -> LoadedCase:
@@ -140,6 +140,9 @@ def _load_dicom(case: InputCase, n_channels: int, options: dict[str, Any]) -> Lo
     arr = np.asarray(vol.array, dtype=np.float32)
     grid = Grid((arr.shape[0], arr.shape[1], arr.shape[2]), np.asarray(vol.affine, dtype=float))
     digest = hashlib.sha256(arr.tobytes() + grid.affine.tobytes()).hexdigest()
-    case_id = case.case_id or f"series{vol.series_number if vol.series_number is not None else 'X'}"
-    prov = {"source": "dicom", "series_uid": vol.series_uid, **vol.provenance}
+    from medpipe.convert import output_stem
+
+    # Named like `medpipe convert` names it: series label + description, never patient data or folder names.
+    case_id = case.case_id or output_stem(vol.label or str(vol.series_number or 0), vol.description)
+    prov = {"format": "dicom", "series_uid": vol.series_uid, **vol.provenance}
     return LoadedCase(case_id, arr[None], grid, digest, prov)

@@ -58,6 +58,11 @@ def dynunet_topology(patch_size: tuple[int, ...], spacing: tuple[float, ...], de
     return kernels, strides
 
 
+def uses_deep_supervision(cfg: PipelineConfig) -> bool:
+    """DynUNet with ``deep_supervision`` and at least 3 levels (2 upsamplings) returns the decoder outputs."""
+    return cfg.model.arch == "dynunet" and cfg.model.deep_supervision and len(cfg.model.channels) >= 3
+
+
 def build_model(cfg: PipelineConfig) -> nn.Module:
     """The configured network: ``in_channels`` inputs, ``out_channels`` logits (classes, or regions)."""
     m: ModelConfig = cfg.model
@@ -73,7 +78,7 @@ def build_model(cfg: PipelineConfig) -> nn.Module:
     return DynUNet(
         spatial_dims=3, in_channels=cfg.in_channels, out_channels=cfg.out_channels, kernel_size=kernels,
         strides=strides, upsample_kernel_size=strides[1:], filters=list(m.channels), norm_name=norm,
-        dropout=m.dropout or None, deep_supervision=m.deep_supervision,
+        dropout=m.dropout or None, deep_supervision=uses_deep_supervision(cfg),
         deep_supr_num=max(1, min(2, len(m.channels) - 2)), res_block=True,
     )
 

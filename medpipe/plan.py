@@ -55,9 +55,9 @@ def _filters(depth: int) -> list[int]:
 
 def topology(patch: list[int], spacing: list[float]) -> tuple[int, list[list[int]], list[list[int]]]:
     """(depth, kernels, strides) for a patch: pool while some axis keeps >= 2x the bottleneck minimum."""
-    depth = 1 + min(MAX_POOLINGS, max(0, math.floor(math.log2(max(patch) / MIN_BOTTLENECK_VOX))))
+    depth = 1 + min(MAX_POOLINGS, max(2, math.floor(math.log2(max(patch) / MIN_BOTTLENECK_VOX))))
     kernels, strides = dynunet_topology(tuple(patch), tuple(spacing), depth)
-    while depth > 2 and all(s == 1 for s in strides[-1]):  # the last level would not pool: drop it
+    while depth > 3 and all(s == 1 for s in strides[-1]):  # the last level would not pool: drop it (MONAI needs 3)
         depth -= 1
         kernels, strides = dynunet_topology(tuple(patch), tuple(spacing), depth)
     return depth, kernels, strides
@@ -157,7 +157,7 @@ def plan_from_fingerprint(fp: dict[str, Any], *, gpu_mem_gb: float = 8.0, name: 
     modality = str(fp.get("modality", "MR"))
     intensity: dict[str, Any] = {"intensity": "zscore_nonzero", "crop_foreground": True}
     if modality == "CT":
-        stats = next(iter(fp["intensity_foreground"].values()), {})
+        stats: dict[str, float] = next(iter(fp["intensity_foreground"].values()), {})
         lo, hi = float(stats.get("p0_5", -1000.0)), float(stats.get("p99_5", 1000.0))
         if hi <= lo:
             hi = lo + 1.0
@@ -178,7 +178,7 @@ def plan_from_fingerprint(fp: dict[str, Any], *, gpu_mem_gb: float = 8.0, name: 
                        "patch_size_vox": patch, "samples_per_case": samples, "pos_fraction": 0.67,
                        "augment": True},
         "model": {"arch": "dynunet", "channels": filters, "strides": [2] * (depth - 1), "num_res_units": 1,
-                  "norm": "instance", "deep_supervision": True},
+                  "norm": "instance", "deep_supervision": depth >= 3},
         "training": {"epochs": 1000, "iterations_per_epoch": 250, "batch_size": batch // samples, "lr": 0.01,
                      "weight_decay": 3e-5, "optimizer": "sgd", "scheduler": "poly", "val_every": 25, "amp": True,
                      "num_workers": 8, "cache": True, "seed": 0},

@@ -104,7 +104,9 @@ class Trainer:
     # ----- model --------------------------------------------------------------------------------------------
     @property
     def deep_supervision(self) -> bool:
-        return self.cfg.model.arch == "dynunet" and self.cfg.model.deep_supervision
+        from medpipe.models import uses_deep_supervision
+
+        return uses_deep_supervision(self.cfg)
 
     def setup_model(self) -> None:
         from medpipe.models import build_model

@@ -151,24 +151,28 @@ def evaluate(
     pred: Annotated[Path, typer.Argument(help="Predicted mask, or a folder of them.")],
     ref: Annotated[Path, typer.Argument(help="Reference mask, or a folder (matched by case name).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
-    preset: Annotated[str, typer.Option(help="default, brats or kits (label regions).")] = "default",
+    preset: Annotated[str, typer.Option(help="default, brats (WT/TC/ET, lesion-wise) or kits (HEC regions).")] = "default",
+    labels: Annotated[str | None, typer.Option(help='Label names, e.g. "1=kidney,2=tumor".')] = None,
     config: Annotated[Path | None, typer.Option(help="Pipeline YAML whose label names to use.")] = None,
     image: Annotated[Path | None, typer.Option("--image", help="Images (file/folder) for overlay pictures.")] = None,
     resample: Annotated[bool, typer.Option(help="Resample predictions onto the reference grid (nearest).")] = False,
-    nsd_tol: Annotated[float | None, typer.Option(help="NSD tolerance in mm (all labels).")] = None,
+    nsd_tol: Annotated[str | None, typer.Option(help='NSD tolerance in mm: "2" or per label "1=1.0,2=2.5".')] = None,
+    surface: Annotated[str, typer.Option(help="surfel (surface-distance, default) or voxel (MONAI).")] = "surfel",
+    lesions: Annotated[bool | None, typer.Option("--lesions/--no-lesions", help="Lesion-wise scoring.")] = None,
 ) -> None:
-    """Dice, HD95, ASSD, NSD per case and label; metrics.csv, summary.json and report.html."""
+    """Dice, IoU, HD95, ASSD, NSD, volumes per case and label; metrics.csv, summary.json and report.html."""
     from medpipe.evaluate import evaluate as run_evaluate
+    from medpipe.evaluate import parse_labels, parse_tolerances
     from medpipe.report import render_table
 
     with handled():
-        labels = _config(config).labels if config else None
-        kwargs: dict[str, Any] = {"labels": labels, "preset": preset, "image": image, "resample": resample}
-        if nsd_tol is not None:
-            kwargs["nsd_tolerance_mm"] = nsd_tol
-        result = run_evaluate(pred, ref, out_dir, **kwargs)
+        names = parse_labels(labels) if labels else (_config(config).labels if config else None)
+        result = run_evaluate(
+            pred, ref, out_dir, labels=names, preset=preset, image=image, resample=resample, surface=surface,
+            nsd_tolerance_mm=parse_tolerances(nsd_tol) if nsd_tol else None, lesions=lesions,
+        )
         out.print(render_table(result))
-    out.print(f"report: {out_dir}")
+    out.print(f"report: {out_dir / 'report.html'}")
 
 
 dataset_app = typer.Typer(help="Dataset tools: integrity check and fingerprint.", no_args_is_help=True)

@@ -9,16 +9,45 @@ image carries its source grid in its metadata, so that :mod:`medpipe.export` can
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from monai import transforms as mt
+from monai.data import NibabelReader
 
 from medpipe.config import PipelineConfig
 
 #: Axis-code letters for RAS+ affines (nibabel's convention, which MetaTensors from medpipe carry).
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+class ThreadSafeNibabelReader(NibabelReader):  # type: ignore[misc]
+    """MONAI's NibabelReader keeps the file names of the last ``read()`` on the instance for ``get_data()``.
+    CacheDataset's caching threads share one instance, so a multi-file (multi-channel) case could be stacked
+    with another case's name list and silently lose channels. The names are kept per thread here."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._local = threading.local()
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def filenames(self) -> Any:
+        return getattr(self._local, "filenames", ())
+
+    @filenames.setter
+    def filenames(self, value: Any) -> None:
+        self._local.filenames = value
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers started with spawn pickle the dataset
+        state = dict(self.__dict__)
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
 
 def foreground_ct(x: Any) -> Any:
@@ -64,7 +93,7 @@ def preprocess(cfg: PipelineConfig, with_label: bool, load: bool = True) -> mt.C
     chain: list[Any] = []
     if load:
         chain += [
-            mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True, dtype=np.float32),
+            mt.LoadImaged(keys=keys, reader=ThreadSafeNibabelReader(), image_only=True, dtype=np.float32),
             mt.EnsureChannelFirstd(keys=keys),
         ]
     chain += spatial_transforms(cfg, keys)

@@ -93,7 +93,7 @@ def preprocess(cfg: PipelineConfig, with_label: bool, load: bool = True) -> mt.C
     chain: list[Any] = []
     if load:
         chain += [
-            mt.LoadImaged(keys=keys, reader=ThreadSafeNibabelReader(), image_only=True, dtype=np.float32),
+            mt.LoadImaged(keys=keys, reader=ThreadSafeNibabelReader, image_only=True, dtype=np.float32),
             mt.EnsureChannelFirstd(keys=keys),
         ]
     chain += spatial_transforms(cfg, keys)

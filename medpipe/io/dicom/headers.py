@@ -1,9 +1,9 @@
 """Read one DICOM file's header (never its pixels) into :class:`Frame` records, or a reason to skip it.
 
 A classic single-frame image gives one frame; an enhanced multi-frame image gives one frame per 2D image,
-with geometry from the per-frame (or shared) functional groups. For native (uncompressed) transfer syntaxes
-the byte offset of the pixel values is recorded, so that :mod:`.pixels` can read them without a second parse.
-Each frame carries the header pre-flight problems found for its file (``issues``).
+with geometry from the per-frame (or shared) functional groups. The byte offset of the Pixel Data value is
+recorded, so that native values (and JPEG 2000 frames) are read later without a second parse. Each frame
+carries the header pre-flight problems found for its file (``issues``).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ uncompressed series. Contenders run alternately ``--repeat`` times; the best and
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -128,7 +129,7 @@ def bench(folder: Path, work: Path, repeat: int, label: str) -> dict[str, list[f
         f.read_bytes()
     medpipe_load(folder)  # warm imports and decoder plugins
     sitk_load(folder)
-    rows = [
+    rows: list[tuple[str, str, dict[str, Callable[[], object]]]] = [
         (
             "load in-process",
             "SimpleITK",
@@ -136,16 +137,12 @@ def bench(folder: Path, work: Path, repeat: int, label: str) -> dict[str, list[f
         )
     ]
     for gz in (False, True):
-        rows.append(
-            (
-                f"convert to {'.nii.gz (level 1)' if gz else '.nii'}",
-                "dcm2niix",
-                {
-                    "medpipe": lambda gz=gz: run_process(medpipe_cmd(folder, work / "m", gz), work / "m"),
-                    "dcm2niix": lambda gz=gz: run_process(dcm2niix_cmd(folder, work / "d", gz), work / "d"),
-                },
-            )
-        )
+        mine, theirs = medpipe_cmd(folder, work / "m", gz), dcm2niix_cmd(folder, work / "d", gz)
+        pair: dict[str, Callable[[], object]] = {
+            "medpipe": functools.partial(run_process, mine, work / "m"),
+            "dcm2niix": functools.partial(run_process, theirs, work / "d"),
+        }
+        rows.append((f"convert to {'.nii.gz (level 1)' if gz else '.nii'}", "dcm2niix", pair))
     print(f"\n{label}   (seconds: best / median of {repeat}; ratio of bests)")
     result: dict[str, list[float]] = {}
     for what, other, pair in rows:

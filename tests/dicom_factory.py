@@ -17,6 +17,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -101,10 +102,10 @@ def base_dataset(
 ) -> FileDataset:
     """An empty DICOM file data set with file meta (preamble + DICM)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid or _uid(path)
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid or _uid(path))
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.8.498.1")
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
@@ -129,7 +130,7 @@ def _sitk_encoded(arr: np.ndarray, compressor: str, tmp: Path) -> bytes:
 
 def encode_pixels(ds: FileDataset, arr: np.ndarray, transfer_syntax: str, path: Path) -> None:
     """Store ``arr`` (rows, columns) in ``ds`` with ``transfer_syntax`` (native, deflate, RLE, JPEG LL, J2K)."""
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     if transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian):
         ds.PixelData = arr.tobytes()
     elif transfer_syntax == ExplicitVRBigEndian:

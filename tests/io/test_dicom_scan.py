@@ -182,3 +182,35 @@ def test_folder_errors(tmp_path):
     with pytest.raises(DicomError) as err:
         read_dicom_volume(tmp_path / "junk")
     assert "no CT/MR/PET image series found (5 files: 1 empty file, 4 not DICOM)" in str(err.value)
+
+
+def test_malformed_headers_never_crash_the_scan(tmp_path):
+    """Seeded byte flips after the preamble (D21): each file is skipped, refused or read; nothing else escapes."""
+    import random
+
+    from medpipe.errors import MedpipeError
+    from medpipe.info import info
+
+    series = write_series(tmp_path / "src", n_slices=4)
+    original = series.files[1].read_bytes()
+    rng = random.Random(99)
+    outcomes = set()
+    for case in range(40):
+        folder = tmp_path / f"fuzz{case}"
+        folder.mkdir()
+        for f in series.files:
+            shutil.copy(f, folder / f.name)
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 12)):
+            pos = rng.randrange(132, len(data))
+            data[pos] = rng.randrange(256)
+        if case % 5 == 0:
+            data = data[: rng.randrange(132, len(data))]
+        (folder / series.files[1].name).write_bytes(bytes(data))
+        try:
+            info(folder)
+            read_dicom_volume(folder)
+            outcomes.add("read")
+        except MedpipeError:
+            outcomes.add("refused")
+    assert outcomes  # every case ended in a volume or a medpipe error, never another exception

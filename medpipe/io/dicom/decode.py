@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from medpipe.errors import DicomError
 
@@ -26,7 +27,20 @@ if TYPE_CHECKING:
 
 #: JPEG 2000 (lossless only, and lossy) transfer syntaxes decoded by imagecodecs when it is installed.
 J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
-_ERRORS = (RuntimeError, ValueError, NotImplementedError, OSError, EOFError, struct.error, KeyError, IndexError)
+_ERRORS = (
+    RuntimeError,
+    ValueError,
+    NotImplementedError,
+    OSError,
+    EOFError,
+    struct.error,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    BytesLengthException,
+    InvalidDicomError,
+)
 
 
 def _imagecodecs() -> Any | None:

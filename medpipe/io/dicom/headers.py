@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
 from medpipe.io.dicom.pixels import NATIVE_SYNTAXES, PixelFormat, pixel_issues
@@ -23,6 +23,8 @@ from medpipe.io.dicom.pixels import NATIVE_SYNTAXES, PixelFormat, pixel_issues
 #: Errors pydicom raises on a malformed header; such a file is skipped (and counted), never fatal to a scan.
 HEADER_ERRORS = (
     InvalidDicomError,
+    BytesLengthException,
+    RuntimeError,
     OSError,
     EOFError,
     ValueError,

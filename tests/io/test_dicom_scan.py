@@ -184,6 +184,7 @@ def test_folder_errors(tmp_path):
     assert "no CT/MR/PET image series found (5 files: 1 empty file, 4 not DICOM)" in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the invalid values it meets
 def test_malformed_headers_never_crash_the_scan(tmp_path):
     """Seeded byte flips after the preamble (D21): each file is skipped, refused or read; nothing else escapes."""
     import random

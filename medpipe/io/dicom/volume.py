@@ -18,7 +18,7 @@ from medpipe.io.geometry import Grid
 _REPAIR_FLAGS = {"allow_tilt": "--allow-tilt", "allow_uneven": "--allow-uneven"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DicomVolume:
     """A DICOM volume in nibabel convention.
 

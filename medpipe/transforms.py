@@ -131,13 +131,11 @@ def augmentation(cfg: PipelineConfig) -> list[mt.MapTransform]:
 def train_transforms(cfg: PipelineConfig) -> mt.Compose:
     """Preprocessing, then class-balanced patch sampling (positive/negative) and augmentation."""
     t = cfg.transforms
-    n_pos = max(1, round(t.samples_per_case * t.pos_fraction))
-    n_neg = max(0, t.samples_per_case - n_pos)
     sampling = [
         mt.SpatialPadd(keys=["image", "label"], spatial_size=t.patch_size_vox, mode="constant"),
         mt.RandCropByPosNegLabeld(
             keys=["image", "label"], label_key="label", spatial_size=t.patch_size_vox,
-            pos=float(n_pos), neg=float(n_neg), num_samples=t.samples_per_case, image_key="image",
+            pos=t.pos_fraction, neg=1.0 - t.pos_fraction, num_samples=t.samples_per_case, image_key="image",
             image_threshold=0.0, allow_smaller=False,
         ),
     ]

@@ -101,3 +101,22 @@ def test_cli_plan_refuses_a_dataset_with_errors(tmp_path: Path) -> None:
     (root / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t1c.nii.gz").unlink()
     res = runner.invoke(app, ["plan", str(root), "-o", str(tmp_path / "plan.yaml")])
     assert res.exit_code == 1 and "BraTS-GLI-00001-000" in res.output and not (tmp_path / "plan.yaml").exists()
+
+
+@pytest.mark.parametrize("name", ["brats.yaml", "kits.yaml", "msd.yaml"])
+def test_shipped_configs_load_build_and_fit_a_24gb_gpu(name: str) -> None:
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "pipelines" / name)
+    assert cfg.model.arch == "dynunet" and cfg.data.root == "" and cfg.data.n_folds == 5
+    if cfg.regions:
+        cfg.region_order()  # decodable
+    patch = list(cfg.transforms.patch_size_vox)
+    depth, _, strides = topology(patch, list(cfg.transforms.spacing_mm))
+    assert depth == len(cfg.model.channels)
+    for axis in range(3):
+        assert patch[axis] % int(torch.tensor([s[axis] for s in strides]).prod()) == 0
+    patches = cfg.training.batch_size * cfg.transforms.samples_per_case
+    assert estimate_vram_gb(patch, patches, strides, list(cfg.model.channels), cfg.in_channels,
+                            cfg.out_channels) < 24
+    assert sum(p.numel() for p in build_model(cfg).parameters()) > 1_000_000

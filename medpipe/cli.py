@@ -260,16 +260,21 @@ def info(
 def convert(
     dicom_dir: Annotated[Path, typer.Argument(help="DICOM folder (searched recursively).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for NIfTI + JSON sidecars.")],
-    series: Annotated[str | None, typer.Option(help="Convert only this series (number or UID).")] = None,
+    series: Annotated[str | None, typer.Option(help="Convert only this series (number, label or UID).")] = None,
     allow_tilt: Annotated[bool, typer.Option(help="Resample gantry-tilted stacks onto an orthogonal grid.")] = False,
     allow_uneven: Annotated[bool, typer.Option(help="Resample uneven slice spacing to equal spacing.")] = False,
+    gzip: Annotated[bool, typer.Option("--gzip/--no-gzip", help="Write .nii.gz (default) or .nii.")] = True,
+    workers: Annotated[int | None, typer.Option(min=1, help="Decoder threads (default: CPU count).")] = None,
 ) -> None:
     """Convert DICOM series to NIfTI with a JSON sidecar of every geometry decision."""
     from medpipe.convert import convert_dicom, render_convert
 
     with handled():
-        result = convert_dicom(dicom_dir, out_dir, series=series, allow_tilt=allow_tilt, allow_uneven=allow_uneven)
+        result = convert_dicom(dicom_dir, out_dir, series=series, allow_tilt=allow_tilt, allow_uneven=allow_uneven,
+                               compress=gzip, workers=workers)
     out.print(render_convert(result))
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -183,7 +183,9 @@ def convert_dicom(
             )
         )
     if not written:
-        reasons = "; ".join(f"series {f.label}: {f.message}" for f in failed)
+        reasons = "; ".join(
+            f.message if f.message.startswith(f"series {f.label}") else f"series {f.label}: {f.message}" for f in failed
+        )
         raise DicomError(f"no volume could be converted: {reasons}", path=folder)
     return ConvertResult(out, tuple(written), tuple(failed), scan.skipped_counts)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data.distributed import DistributedSampler
 
 from medpipe.config import PipelineConfig
 from medpipe.datasets import Case
@@ -77,11 +78,31 @@ def make_dataset(cfg: PipelineConfig, cases: list[Case], transform: Any, identit
     return Dataset(data=data, transform=transform)
 
 
+class EpochSampler(DistributedSampler):  # type: ignore[type-arg]
+    """A DistributedSampler (a single process is rank 0 of 1) whose epoch holds ``samples_per_rank`` indices per
+    rank, drawn from fresh seeded permutations of the dataset, so that ``iterations_per_epoch`` batches come from
+    one pass of the loader: worker processes start once per epoch, not once per pass over the cases."""
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, seed: int, samples_per_rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        if samples_per_rank > 0:
+            self.num_samples = samples_per_rank
+            self.total_size = samples_per_rank * num_replicas
+
+    def __iter__(self) -> Any:
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        n = len(self.dataset)  # type: ignore[arg-type]
+        indices: list[int] = []
+        while len(indices) < self.total_size:
+            indices += torch.randperm(n, generator=g).tolist()
+        return iter(indices[self.rank : self.total_size : self.num_replicas])
+
+
 def build_loaders(cfg: PipelineConfig, train_cases: list[Case], val_cases: list[Case], identity: str,
                   dist: DistInfo, device: str) -> Loaders:
     """Datasets and the training loader. Under DDP each rank validates its share ``val_cases[rank::world]``."""
     from monai.data import DataLoader, list_data_collate
-    from torch.utils.data.distributed import DistributedSampler
 
     from medpipe.transforms import train_transforms, val_transforms
 
@@ -89,12 +110,10 @@ def build_loaders(cfg: PipelineConfig, train_cases: list[Case], val_cases: list[
     train_ds = make_dataset(cfg, train_cases, train_tf, identity, "train")
     val_ds = make_dataset(cfg, val_cases[dist.rank::dist.world_size], val_transforms(cfg), identity, "val")
     generator = torch.Generator().manual_seed(cfg.training.seed)
-    sampler: DistributedSampler | None = None
-    if dist.enabled:
-        sampler = DistributedSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
-                                     seed=cfg.training.seed, drop_last=False)
-    workers = cfg.training.num_workers
-    loader = DataLoader(train_ds, batch_size=cfg.training.batch_size, shuffle=sampler is None, sampler=sampler,
+    t = cfg.training
+    sampler = EpochSampler(train_ds, dist.world_size, dist.rank, t.seed, t.iterations_per_epoch * t.batch_size)
+    workers = t.num_workers
+    loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=False, sampler=sampler,
                         num_workers=workers, collate_fn=list_data_collate, generator=generator,
                         pin_memory=device.startswith("cuda"), persistent_workers=False,
                         prefetch_factor=4 if workers > 0 else None)

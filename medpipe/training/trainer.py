@@ -189,23 +189,12 @@ class Trainer:
         self.data.generator.manual_seed(s)
 
     def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
-        n = self.cfg.training.iterations_per_epoch
-        cycle = 0
-        done = 0
-        while True:
-            if self.data.sampler is not None:
-                self.data.sampler.set_epoch(epoch * 1000 + cycle)
-            for batch in self.data.loader:
-                yield batch
-                done += 1
-                if n > 0 and done >= n:
-                    return
-            cycle += 1
-            if n <= 0:
-                return
+        """One pass of the loader: the sampler's epoch holds ``iterations_per_epoch`` batches (or the dataset)."""
+        self.data.sampler.set_epoch(epoch)
+        yield from self.data.loader
 
     def steps_per_epoch(self) -> int:
-        return self.cfg.training.iterations_per_epoch or len(self.data.loader)
+        return len(self.data.loader)
 
     def train_epoch(self, epoch: int) -> EpochStats:
         self.model.train()

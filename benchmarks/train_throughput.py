@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed epochs per loop, alternating (median reported)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
-    preset = dict(PRESETS["cuda" if args.device.startswith("cuda") else "cpu"])
+    preset: dict[str, Any] = dict(PRESETS["cuda" if args.device.startswith("cuda") else "cpu"])
     if args.iters:
         preset["iters"] = args.iters
     workers = args.workers if args.workers is not None else preset["workers"]
@@ -168,7 +168,7 @@ def main() -> None:
             timed["mp"].append(mp_epoch())
             timed["base"].append(base_epoch())
         peak = torch.cuda.max_memory_allocated() / 1e9 if args.device.startswith("cuda") else float("nan")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, key in (("medpipe (CacheDataset + workers)", "mp"), ("MONAI tutorial (Dataset + DataLoader)", "base")):
         s = sorted(timed[key], key=lambda e: e.steps / (e.data_wait_s + e.compute_s))[len(timed[key]) // 2]
         total = s.data_wait_s + s.compute_s

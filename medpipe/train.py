@@ -70,7 +70,7 @@ def train(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None = None, 
     run_dir = Path(run_dir)
     if resume and not resumable(run_dir):
         raise CheckpointError("nothing to resume: no last.pt in the run folder", path=run_dir)
-    if not resume and (run_dir / "last.pt").is_file():
+    if not resume and resumable(run_dir):
         raise CheckpointError("run folder already holds a training run", path=run_dir,
                               hint="pass --resume to continue it, or choose a new --out")
     dist, device = init_distributed(resolve_device(device))

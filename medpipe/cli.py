@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,8 @@ def train(
         with TrainProgress(err_console) as progress:
             result = run_train(cfg, out_dir, data_root=data, epochs=epochs, device=device, resume=resume,
                                force=force, fold=fold, fmt=fmt, on_event=progress.update)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     out.print(f"[green]done[/]: best mean validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
               f"checkpoints in {result.run_dir}")
 

@@ -48,6 +48,8 @@ class TrainProgress:
         """Callback for :func:`medpipe.train.train`."""
         if ev.kind == "start":
             self.console.print(ev.message)
+        elif ev.kind == "notice":
+            self.console.print(f"[yellow]note[/]: {ev.message}")
         elif ev.kind == "step":
             if self.task is None:
                 total = ev.steps * (ev.epochs - ev.epoch + 1)

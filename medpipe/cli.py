@@ -154,7 +154,7 @@ def evaluate(
     pred: Annotated[Path, typer.Argument(help="Predicted mask, or a folder of them.")],
     ref: Annotated[Path, typer.Argument(help="Reference mask, or a folder (matched by case name).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
-    preset: Annotated[str, typer.Option(help="default, brats (WT/TC/ET, lesion-wise) or kits (HEC regions).")] = "default",
+    preset: Annotated[str, typer.Option(help="default, brats (WT/TC/ET) or kits (HEC).")] = "default",
     labels: Annotated[str | None, typer.Option(help='Label names, e.g. "1=kidney,2=tumor".')] = None,
     config: Annotated[Path | None, typer.Option(help="Pipeline YAML whose label names to use.")] = None,
     image: Annotated[Path | None, typer.Option("--image", help="Images (file/folder) for overlay pictures.")] = None,

@@ -147,8 +147,8 @@ def boxplots_png(result: EvaluationResult) -> bytes:
         data = [[float(getattr(r, field)) for r in result.rows_for(k) if getattr(r, field) is not None
                  and not math.isnan(getattr(r, field))] for k in labels]
         pos = np.arange(len(labels))[::-1]
-        ax.boxplot([d if d else [np.nan] for d in data], positions=pos, orientation="horizontal", widths=0.6, showfliers=False,
-                   patch_artist=True, boxprops={"facecolor": "#dbe7f5", "edgecolor": "#4a6fa5"},
+        ax.boxplot([d if d else [np.nan] for d in data], positions=pos, orientation="horizontal", widths=0.6,
+                   showfliers=False, patch_artist=True, boxprops={"facecolor": "#dbe7f5", "edgecolor": "#4a6fa5"},
                    medianprops={"color": "#c0392b", "linewidth": 2})
         for y, d in zip(pos, data, strict=True):
             ax.scatter(d, y + rng.uniform(-0.15, 0.15, len(d)), s=12, color="#2c3e50", alpha=0.6, zorder=3)

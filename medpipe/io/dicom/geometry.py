@@ -68,10 +68,9 @@ class StackGeometry:
 
     def affine(self) -> np.ndarray:
         """Voxel (column, row, slice) to RAS+ mm for the plain (unrepaired) stack; slice step along the normal."""
-        if not self.established:
+        if (self.row_cos is None or self.col_cos is None or self.normal is None or self.spacing_mm is None
+                or self.ipp is None):
             raise ValueError("geometry not established")
-        assert self.row_cos is not None and self.col_cos is not None and self.normal is not None
-        assert self.spacing_mm is not None and self.ipp is not None
         return lps_affine_to_ras(self.row_cos, self.col_cos, self.normal, self.spacing_mm, self.ipp[0])
 
 
@@ -175,7 +174,8 @@ def analyse(cand: VolumeCandidate) -> StackGeometry:
     iop = np.asarray(frames[0].iop, dtype=float)
     bad_iop = _check_iop(iop)
     spacing_rc = frames[0].pixel_spacing
-    assert spacing_rc is not None
+    if spacing_rc is None:  # excluded by the missing_geometry check above
+        raise ValueError("PixelSpacing missing after the geometry check")
     if bad_iop is not None:
         problems.append(bad_iop)
     if min(spacing_rc) <= 0:

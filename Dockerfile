@@ -1,7 +1,10 @@
 # medpipe for GPU servers: CUDA-enabled PyTorch base, medpipe on top, non-root, no network needed at run time.
 #   docker build -t medpipe .
 #   docker run --rm --gpus all --network none -v "$PWD/data:/data" medpipe infer /data/run /data/scans -o /data/masks
-FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
+# torch 2.9 (CUDA 12.8): MONAI 1.6 needs torch >= 2.8.
+FROM pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -15,8 +18,10 @@ COPY pyproject.toml README.md ./
 COPY medpipe ./medpipe
 COPY pipelines ./pipelines
 
-# torch comes from the base image (CUDA build) and satisfies medpipe's torch>=2.6; everything else from PyPI.
-RUN pip install --no-cache-dir . \
+# torch comes from the base image (CUDA build): it is pinned as a constraint so pip can never swap it for another
+# build; everything else comes from PyPI.
+RUN pip freeze | grep -i '^torch==' > /tmp/torch-constraint.txt \
+    && pip install --no-cache-dir --constraint /tmp/torch-constraint.txt . \
     && python -c "import medpipe.cli, monai, torch, pydicom, SimpleITK; print('medpipe ready, torch', torch.__version__)"
 
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin medpipe

@@ -219,3 +219,18 @@ def _zero_spacing(path: Path) -> Path:
     struct.pack_into("<f", raw, 84, 0.0)
     path.write_bytes(bytes(raw))
     return path
+
+
+def test_one_bad_case_in_a_batch_does_not_stop_the_others(trained: Path, kits: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    shutil.copy(kits / "case_00000" / "imaging.nii.gz", folder / "good_a.nii.gz")
+    shutil.copy(kits / "case_00002" / "imaging.nii.gz", folder / "good_b.nii.gz")
+    _image(folder / "broken.nii.gz", _with_nan(np.zeros((16, 16, 8), np.float32)))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["infer", str(trained), str(folder), "-o", str(out), "--device", "cpu"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    text = " ".join(res.output.split())
+    assert "broken" in text and "failed" in text and "NaN" in text
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good_a.nii.gz", "good_b.nii.gz"]
+    assert not (out / "broken.json").exists()

@@ -132,6 +132,7 @@ def infer(
     series: Annotated[str | None, typer.Option(help="DICOM: which series (number or UID).")] = None,
     allow_tilt: Annotated[bool, typer.Option(help="DICOM: resample gantry-tilted stacks.")] = False,
     allow_uneven: Annotated[bool, typer.Option(help="DICOM: resample uneven slice spacing.")] = False,
+    allow_non_hu: Annotated[bool, typer.Option(help="CT models: segment inputs that do not look like HU.")] = False,
 ) -> None:
     """Segment scans; masks land exactly on each input's grid."""
     from medpipe.infer import infer as run_infer
@@ -141,7 +142,8 @@ def infer(
     with handled():
         with case_progress(err_console, "segmenting") as on_case:
             result = run_infer(run, inputs, out_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
-                               overwrite=overwrite, dicom_options=dicom_options, on_case=on_case)
+                               overwrite=overwrite, dicom_options=dicom_options, allow_non_hu=allow_non_hu,
+                               on_case=on_case)
         render_infer(out, result)
         if len(result.cases) == 1 and result.n_failed:
             raise MedpipeError(result.cases[0].error or "failed")

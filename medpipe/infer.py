@@ -19,7 +19,7 @@ import torch
 from medpipe.config import PipelineConfig
 from medpipe.errors import CheckpointError, InputError, MedpipeError
 from medpipe.export import labels_on_grid, write_mask
-from medpipe.inputs import InputCase, LoadedCase, collect_inputs, load_case
+from medpipe.inputs import InputCase, LoadedCase, collect_inputs, ct_intensity_check, load_case
 from medpipe.io.atomic import ensure_writable_dir, write_json_atomic
 from medpipe.runtime import resolve_device, sha256_file, versions
 
@@ -172,8 +172,12 @@ def _already_done(out_dir: Path, case: LoadedCase, seg: Segmenter) -> Path | Non
 
 def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto", overlap: float | None = None,
           sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: dict[str, Any] | None = None,
+          allow_non_hu: bool = False,
           on_case: Callable[[CaseResult, int, int], None] | None = None) -> InferResult:
-    """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``)."""
+    """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``).
+
+    For CT models (``ct_window`` intensity) each case must look like CT in HU (:func:`ct_intensity_check`)
+    unless ``allow_non_hu``."""
     ensure_writable_dir(out_dir)
     seg = Segmenter(find_checkpoint(run), device, overlap, sw_batch_size)
     cases = collect_inputs(inputs, seg.cfg.channels)
@@ -183,7 +187,7 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
     results: list[CaseResult] = []
     seen: set[str] = set()
     for i, case in enumerate(cases):
-        res = _one_case(seg, case, out_dir, overwrite, dicom_options, seen)
+        res = _one_case(seg, case, out_dir, overwrite, dicom_options, seen, allow_non_hu)
         results.append(res)
         if on_case:
             on_case(res, i + 1, len(cases))
@@ -191,7 +195,7 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
 
 
 def _one_case(seg: Segmenter, case: InputCase, out_dir: Path, overwrite: bool,
-              dicom_options: dict[str, Any] | None, seen: set[str]) -> CaseResult:
+              dicom_options: dict[str, Any] | None, seen: set[str], allow_non_hu: bool = False) -> CaseResult:
     t0 = time.perf_counter()
     shown = case.case_id or "DICOM series"
     try:
@@ -203,7 +207,11 @@ def _one_case(seg: Segmenter, case: InputCase, out_dir: Path, overwrite: bool,
         shown = loaded.case_id
         if not overwrite and (done := _already_done(out_dir, loaded, seg)):
             return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0)
+        hu = (ct_intensity_check(loaded, strict=not allow_non_hu)
+              if seg.cfg.transforms.intensity == "ct_window" else None)
         labels, details = seg.segment(loaded)
+        if hu is not None:
+            details["intensity_check"] = hu
         mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", labels, loaded.grid)
         seconds = time.perf_counter() - t0
         write_json_atomic(out_dir / f"{loaded.case_id}.json", _sidecar(seg, loaded, mask, details, seconds))

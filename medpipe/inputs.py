@@ -37,6 +37,7 @@ class LoadedCase:
     grid: Grid
     input_sha256: str
     provenance: dict[str, Any] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
 
 
 def _channel_pattern(channels: tuple[str, ...]) -> re.Pattern[str]:
@@ -125,7 +126,35 @@ def load_case(case: InputCase, n_channels: int, dicom_options: dict[str, Any] | 
         raise InputError("case has no image files", path=case.case_id)
     if len(arrays) != n_channels:
         raise InputError(f"{len(arrays)} channels, the model expects {n_channels}", path=case.files[0])
-    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)), {"format": "nifti"})
+    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)), {"format": "nifti"},
+                      case.files)
+
+
+def ct_intensity_check(case: LoadedCase, *, strict: bool = True) -> dict[str, Any]:
+    """Does a case given to a CT model look like CT in Hounsfield units? Returns the statistics it judged by.
+
+    Refused (``strict``) when the 1st-99th percentile span is under 20 units (normalised or min-max rescaled
+    data) or when nothing is below 0 while the 99th percentile is above 300 (air and fat missing: stored values
+    without the rescale intercept). A crop that truly lies inside soft tissue and bone can pass ``strict=False``.
+    """
+    sample = case.array[0, ::2, ::2, ::2]
+    p1, p99 = (float(v) for v in np.percentile(sample, [1, 99]))
+    lo = float(case.array[0].min())
+    stats = {"p1": round(p1, 1), "p99": round(p99, 1), "min": round(lo, 1), "looks_like_hu": True}
+    problem = None
+    if p99 - p1 < 20:
+        problem = "its values span less than 20 units, as normalised or rescaled data do"
+    elif lo >= 0 and p99 > 300:
+        problem = "nothing is below 0 (no air or fat): stored values without the rescale intercept?"
+    if problem:
+        stats["looks_like_hu"] = False
+        if strict:
+            where = case.files[0] if case.files else case.case_id
+            raise InputError(
+                f"does not look like CT in Hounsfield units (p1={p1:.1f}, p99={p99:.1f}, min={lo:.1f}): {problem}",
+                path=where, hint="the model expects HU; pass --allow-non-hu to segment it anyway",
+            )
+    return stats
 
 
 def _load_dicom(case: InputCase, n_channels: int, options: dict[str, Any]) -> LoadedCase:

@@ -234,3 +234,25 @@ def test_one_bad_case_in_a_batch_does_not_stop_the_others(trained: Path, kits: P
     assert "broken" in text and "failed" in text and "NaN" in text
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good_a.nii.gz", "good_b.nii.gz"]
     assert not (out / "broken.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("transform", "fragment"),
+    [
+        (lambda hu: (hu - hu.min()) / (hu.max() - hu.min()), "span less than 20 units"),  # min-max normalised
+        (lambda hu: hu + 1024.0, "nothing is below 0"),  # stored values, rescale intercept lost
+    ],
+)
+def test_ct_model_refuses_inputs_that_are_not_hu(trained: Path, kits: Path, tmp_path: Path, transform,
+                                                 fragment: str) -> None:
+    src = nib.load(str(kits / "case_00000" / "imaging.nii.gz"))
+    bad = _image(tmp_path / "not_hu.nii.gz", np.zeros((2, 2, 2), np.float32))
+    save_nifti(bad, transform(np.asarray(src.dataobj, dtype=np.float32)).astype(np.float32), src.affine)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["infer", str(trained), str(bad), "-o", str(out), "--device", "cpu"])
+    _assert_clean_error(res, "not_hu.nii.gz", "does not look like CT in Hounsfield units", fragment,
+                        "--allow-non-hu")
+    res = runner.invoke(app, ["infer", str(trained), str(bad), "-o", str(out), "--device", "cpu", "--allow-non-hu"])
+    assert res.exit_code == 0, res.output
+    side = json.loads((out / "not_hu.json").read_text())
+    assert side["intensity_check"]["looks_like_hu"] is False

@@ -42,7 +42,7 @@ def _world(affine: np.ndarray, ijk: tuple[int, int, int]) -> np.ndarray:
 @pytest.mark.parametrize("orientation", ["axial", "sagittal", "oblique"])
 def test_mask_lands_on_the_dicom_grid(tmp_path: Path, checkpoint: Path, orientation: str) -> None:
     series = write_series(tmp_path / "dcm", orientation=oblique_iop() if orientation == "oblique" else orientation,
-                          instance_order="shuffled")
+                          instance_order="shuffled", intercept=-1024.0)
     res = runner.invoke(app, ["infer", str(checkpoint), str(tmp_path / "dcm"), "-o", str(tmp_path / "out"),
                               "--device", "cpu"])
     assert res.exit_code == 0, res.output
@@ -60,8 +60,8 @@ def test_mask_lands_on_the_dicom_grid(tmp_path: Path, checkpoint: Path, orientat
 
 
 def test_several_series_need_a_choice(tmp_path: Path, checkpoint: Path) -> None:
-    write_series(tmp_path / "dcm", series_number=3, description="first")
-    write_series(tmp_path / "dcm", series_number=4, description="second", seed=1)
+    write_series(tmp_path / "dcm", series_number=3, description="first", intercept=-1024.0)
+    write_series(tmp_path / "dcm", series_number=4, description="second", seed=1, intercept=-1024.0)
     out = tmp_path / "out"
     res = runner.invoke(app, ["infer", str(checkpoint), str(tmp_path / "dcm"), "-o", str(out), "--device", "cpu"])
     assert res.exit_code == 1 and "Traceback" not in res.output
@@ -75,7 +75,7 @@ def test_several_series_need_a_choice(tmp_path: Path, checkpoint: Path) -> None:
 
 def test_patient_data_never_reaches_outputs(tmp_path: Path, checkpoint: Path) -> None:
     folder = tmp_path / f"{SENTINEL}_MRN_12345" / "study"
-    write_series(folder, patient_name=f"{SENTINEL}^John", patient_id=f"{SENTINEL}-ID")
+    write_series(folder, patient_name=f"{SENTINEL}^John", patient_id=f"{SENTINEL}-ID", intercept=-1024.0)
     out = tmp_path / "out"
     res = runner.invoke(app, ["infer", str(checkpoint), str(folder), "-o", str(out), "--device", "cpu"])
     assert res.exit_code == 0, res.output

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -116,8 +116,7 @@ def write_volume(volume: DicomVolume, nifti_path: Path) -> str:
     with atomic_path(nifti_path) as tmp:
         nib.save(img, str(tmp))
         if dtype == "float32":
-            written = nib.load(str(tmp))
-            assert isinstance(written, nib.Nifti1Image)
+            written = cast(nib.Nifti1Image, nib.load(str(tmp)))
             require_same_grid(grid_of(written), volume.grid, nifti_path, what="written volume grid")
         else:
             check_on_grid(tmp, volume.grid, shown_path=nifti_path)

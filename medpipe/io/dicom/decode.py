@@ -151,7 +151,8 @@ def decode_frames(
 
 def _decode_j2k(frames: list[Frame], folder: Path, workers: int | None) -> dict[tuple[Path, int], np.ndarray]:
     codecs = _imagecodecs()
-    assert codecs is not None
+    if codecs is None:  # callers route frames here only when imagecodecs is importable
+        raise ValueError("imagecodecs is not available")
     streams: dict[Path, list[bytes]] = {}
     for frame in frames:
         if frame.path not in streams:

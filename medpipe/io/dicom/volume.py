@@ -90,8 +90,9 @@ def load_candidate(
     error = refusal(cand, geom, scan.folder, allowed)
     if error is not None:
         raise error
-    assert geom.row_cos is not None and geom.col_cos is not None and geom.normal is not None
-    assert geom.ipp is not None and geom.positions_mm is not None and geom.spacing_mm is not None
+    if (geom.row_cos is None or geom.col_cos is None or geom.normal is None or geom.ipp is None
+            or geom.positions_mm is None or geom.spacing_mm is None):  # excluded by refusal() above
+        raise ValueError("geometry not established after the checks")
     frames = [cand.frames[i] for i in geom.order]
     stack, values = read_stack(frames, scan.folder, workers=workers)
     codes = {p.code: p for p in geom.problems}
@@ -138,7 +139,8 @@ def _provenance(
 ) -> dict[str, Any]:
     k, j, i = shape_kji
     syntaxes = sorted({f.fmt.syntax_name for f in cand.frames})
-    assert geom.normal is not None
+    if geom.normal is None:  # only established geometries reach the sidecar
+        raise ValueError("geometry not established")
     return {
         "source": {
             "series_uid": cand.series_uid,

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medpipe.config import PipelineConfig
-from medpipe.datasets import Case, data_identity, preflight
 from medpipe.distributed import init_distributed, shutdown
 from medpipe.errors import CheckpointError, ConfigError
 from medpipe.io.atomic import ensure_writable_dir
@@ -19,19 +18,7 @@ from medpipe.training.events import EpochStats, TrainEvent, TrainResult
 from medpipe.training.state import resumable, resume_key
 from medpipe.training.trainer import Trainer
 
-__all__ = ["EpochStats", "TrainEvent", "TrainResult", "Trainer", "check_cases", "data_fingerprint", "resume_key",
-           "train"]
-
-
-def check_cases(cases: list[Case], labels: dict[int, str], n_channels: int) -> None:
-    """Pre-flight before training: readable headers, channel counts and grids, label grids and values; one
-    DatasetError listing every failing case."""
-    preflight(cases, labels, n_channels, cases[0].images[0].parent if cases else ".")
-
-
-def data_fingerprint(cases: list[Case]) -> str:
-    """The dataset identity a resumed run must match (names and content digests of every file)."""
-    return data_identity(cases)
+__all__ = ["EpochStats", "TrainEvent", "TrainResult", "Trainer", "resume_key", "train"]
 
 
 def apply_overrides(cfg: PipelineConfig, *, data_root: Path | None = None, epochs: int | None = None,

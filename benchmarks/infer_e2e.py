@@ -49,7 +49,7 @@ def monai_baseline(ckpt: Path, image: Path, out_dir: Path, device: str) -> tuple
     from monai.data import decollate_batch, list_data_collate
     from monai.inferers import sliding_window_inference
 
-    from medpipe.models import model_from_checkpoint
+    from medpipe.models.checkpoint import model_from_checkpoint
 
     model, cfg = model_from_checkpoint(ckpt, device)
     t, inf = cfg.transforms, cfg.inference
@@ -90,7 +90,7 @@ def monai_baseline(ckpt: Path, image: Path, out_dir: Path, device: str) -> tuple
 def medpipe_run(run: Path, image: Path, out_dir: Path, device: str) -> tuple[Path, dict[str, float]]:
     import json
 
-    from medpipe.infer import infer
+    from medpipe.inference.batch import infer
 
     t0 = time.perf_counter()
     res = infer(run, [image], out_dir, device=device, overwrite=True)
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each; the fastest is reported")
     args = ap.parse_args()
-    from medpipe.infer import find_checkpoint
+    from medpipe.inference.predictor import find_checkpoint
 
     ckpt = find_checkpoint(args.run)
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from medpipe.metrics.surface import surface_distances
+from medpipe.evaluation.metrics.surface import surface_distances
 
 TOL_MM = 2.0
 

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medpipe.config import PipelineConfig, config_from_dict  # noqa: E402
-from medpipe.distributed import DistInfo  # noqa: E402
+from medpipe.training.distributed import DistInfo  # noqa: E402
 from medpipe.training.events import EpochStats  # noqa: E402
 from medpipe.training.trainer import Trainer  # noqa: E402
 
@@ -100,7 +100,7 @@ def baseline_loop(cfg: PipelineConfig, device: str) -> Callable[[], EpochStats]:
     from monai.data import DataLoader, Dataset, list_data_collate
 
     from medpipe.datasets import load_dataset, split_cases
-    from medpipe.models import build_model
+    from medpipe.models.factory import build_model
     from medpipe.training.losses import SegmentationLoss
     from medpipe.transforms import train_transforms
 

@@ -1,5 +1,5 @@
 """``python -m medpipe`` is the ``medpipe`` command."""
 
-from medpipe.cli import main
+from medpipe.cli.app import main
 
 main()

@@ -62,7 +62,7 @@ class TransformConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Network architecture (built by :func:`medpipe.models.build_model`)."""
+    """Network architecture (built by :func:`medpipe.models.factory.build_model`)."""
 
     arch: Literal["unet3d", "unet2d", "dynunet"] = "unet3d"
     channels: tuple[int, ...] = (16, 32, 64, 128)

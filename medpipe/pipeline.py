@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.config import PipelineConfig
-from medpipe.infer import CaseResult, InferResult, infer
-from medpipe.train import TrainEvent, TrainResult, train
+from medpipe.inference.batch import CaseResult, InferResult, infer
+from medpipe.training.run import TrainEvent, TrainResult, train
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None =
                  on_case: Callable[[CaseResult, int, int], None] | None = None) -> PipelineResult:
     """Train -> infer the validation split -> evaluate against its labels."""
     from medpipe.datasets import load_dataset
-    from medpipe.evaluate import evaluate
+    from medpipe.evaluation.evaluate import evaluate
 
     model_dir = run_dir / "model"
     trained = train(cfg, model_dir, data_root=data_root, epochs=epochs, device=device, resume=resume,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from medpipe.errors import MedpipeError
 
+__version__ = "0.1.0"
+
 
 def resolve_device(requested: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' without a GPU is an error."""
@@ -29,7 +31,6 @@ def versions() -> dict[str, str]:
     import numpy
     import torch
 
-    from medpipe import __version__
 
     return {
         "medpipe": __version__,

@@ -4,7 +4,7 @@ Preprocessing (shared by training, validation and inference) brings every case i
 channel-first (C, I, J, K) float32, oriented to ``transforms.orientation`` (RAS), resampled to
 ``transforms.spacing_mm``, intensity-normalised (CT: HU window clipped and scaled to [0, 1]; MR: per-channel
 z-score over non-zero voxels) and cropped to the foreground. Every step is a MONAI invertible transform, and the
-image carries its source grid in its metadata, so that :mod:`medpipe.export` can put predictions back.
+image carries its source grid in its metadata, so that :mod:`medpipe.inference.export` can put predictions back.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medpipe.convert import convert_dicom, output_stem
 from medpipe.errors import DicomError
 from medpipe.io.dicom import read_dicom_volume
+from medpipe.io.dicom.convert import convert_dicom, output_stem
 from tests.dicom_factory import write_series
 
 
@@ -95,7 +95,7 @@ def test_output_names_are_file_system_safe():
 def test_render_convert_lists_written_and_failed(tmp_path):
     from rich.console import Console
 
-    from medpipe.convert import render_convert
+    from medpipe.cli.render import render_convert
 
     write_series(tmp_path / "in" / "a", series_number=3, description="body")
     write_series(tmp_path / "in" / "b", series_number=4, drop=(2,), seed=1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from medpipe.distributed import DistInfo, gather_objects, init_distributed, mean_across_ranks
+from medpipe.training.distributed import DistInfo, gather_objects, init_distributed, mean_across_ranks
 from tests.conftest import REPO
 from tests.test_datasets import make_layout
 from tests.test_train import tiny

@@ -1,4 +1,4 @@
-"""``medpipe.evaluate``: case matching, bad inputs, grids, outputs, presets, and real label maps."""
+"""``medpipe.evaluation.evaluate``: case matching, bad inputs, grids, outputs, presets, and real label maps."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 import medpipe
 from medpipe.errors import ConfigError, GeometryError, InputError
-from medpipe.evaluate import evaluate, parse_labels, parse_tolerances, score_arrays
+from medpipe.evaluation.evaluate import evaluate, parse_labels, parse_tolerances, score_arrays
 from tests.conftest import SHARED_DATA, make_affine
 
 AFFINE = make_affine(spacing=(0.8, 0.8, 2.0), origin=(-10.0, 5.0, 20.0))
@@ -66,10 +66,10 @@ def test_folders_are_matched_and_all_outputs_written(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.csv", "report.html", "summary.json"]
 
 
-def test_medpipe_evaluate_stays_callable_after_the_module_import() -> None:
-    import medpipe.evaluate as module
+def test_medpipe_evaluate_is_the_function_after_the_module_import() -> None:
+    import medpipe.evaluation.evaluate as module
 
-    assert callable(medpipe.evaluate) and module.evaluate is evaluate
+    assert medpipe.evaluate is module.evaluate is evaluate
 
 
 def test_library_call_without_out_dir_writes_nothing(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 
 from medpipe.config import config_from_dict
 from medpipe.errors import GeometryError
-from medpipe.export import labels_on_grid, write_mask
+from medpipe.inference.export import labels_on_grid, write_mask
 from medpipe.io.geometry import Grid, check_on_grid
 from medpipe.transforms import preprocess
 from tests.conftest import all_orientations, make_affine, sphere_phantom
@@ -72,7 +72,7 @@ def test_oblique_anisotropic_round_trip(tmp_path: Path, rot: tuple[float, float,
 
 
 def test_labels_on_grid_uses_bounded_slabs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import medpipe.export as export
+    import medpipe.inference.export as export
 
     affine = make_affine(spacing=(1.0, 1.0, 2.0))
     _, full = round_trip(tmp_path, affine, (24, 24, 16))
@@ -106,7 +106,7 @@ def test_write_mask_is_atomic_on_contract_failure(tmp_path: Path) -> None:
 
 
 def test_foreground_box_gives_the_same_mask_as_the_full_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import medpipe.export as export
+    import medpipe.inference.export as export
 
     affine = make_affine((1, 0, 2), (-1, 1, -1), spacing=(0.7, 0.9, 2.2), rot_deg=(5.0, -12.0, 20.0),
                          origin=(3.0, 4.0, -5.0))

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from medpipe.cli import app
 from medpipe.config import config_from_dict
-from medpipe.models import build_model, save_checkpoint
+from medpipe.models.checkpoint import save_checkpoint
+from medpipe.models.factory import build_model
 from tests.conftest import SHARED_DATA
 from tests.dicom_factory import LPS_TO_RAS, oblique_iop, write_series
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from medpipe.cli.render import render_info
 from medpipe.errors import InputError
-from medpipe.info import info, render_info
+from medpipe.io.inspect import info
 from tests.dicom_factory import write_series
 
 

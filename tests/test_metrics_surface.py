@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 from scipy.spatial.distance import cdist
 
-from medpipe.metrics.surface import bounding_box, nearest_distances, surface_distances, voxel_surface
+from medpipe.evaluation.metrics.surface import bounding_box, nearest_distances, surface_distances, voxel_surface
 
 
 def _voxels(shape: tuple[int, int, int], *points: tuple[int, int, int]) -> np.ndarray:

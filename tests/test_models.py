@@ -8,7 +8,9 @@ import torch
 
 from medpipe.config import config_from_dict
 from medpipe.errors import CheckpointError
-from medpipe.models import build_model, dynunet_topology, load_checkpoint, model_from_checkpoint, save_checkpoint
+from medpipe.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from medpipe.models.factory import build_model
+from medpipe.models.topology import dynunet_topology
 
 
 def _cfg(arch: str, **model: object):
@@ -100,7 +102,7 @@ def test_refuses_force_no_weights_only_env(tmp_path: Path, monkeypatch: pytest.M
 def test_architecture_mismatch_is_an_error(tmp_path: Path) -> None:
     cfg = _cfg("unet3d")
     other = _cfg("unet3d", channels=[4, 8, 16])
-    from medpipe.models import CHECKPOINT_FORMAT
+    from medpipe.models.checkpoint import CHECKPOINT_FORMAT
 
     torch.save({"format": CHECKPOINT_FORMAT, "state_dict": build_model(other).state_dict(),
                 "config": cfg.to_dict(), "labels": {}}, tmp_path / "x.pt")

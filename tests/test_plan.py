@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from medpipe.cli import app
 from medpipe.config import load_config
+from medpipe.datasets.plan import estimate_vram_gb, plan_from_fingerprint, topology
 from medpipe.errors import DatasetError
-from medpipe.models import build_model
-from medpipe.plan import estimate_vram_gb, plan_from_fingerprint, topology
+from medpipe.models.factory import build_model
 from tests.test_datasets import make_layout
 
 runner = CliRunner()

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 from rich.console import Console
 
-from medpipe.evaluate import evaluate
-from medpipe.report import render_table
+from medpipe.cli.render import render_table
+from medpipe.evaluation.evaluate import evaluate
 from tests.conftest import make_affine
 
 AFFINE = make_affine(perm=(1, 0, 2), flips=(-1, 1, 1), spacing=(1.2, 0.9, 2.5))

@@ -1,4 +1,4 @@
-"""Tests for the deterministic sample-data generator (medpipe.sample) and the committed sample_data/."""
+"""Tests for the deterministic sample-data generator (medpipe.datasets.synthetic) and the committed sample_data/."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medpipe.errors import MedpipeError, OutputError
-from medpipe.sample import (
+from medpipe.datasets.synthetic import (
     BRATS_MODALITIES,
     CT_TISSUES,
     MRI_TISSUES,
@@ -23,6 +22,7 @@ from medpipe.sample import (
     make_ct_case,
     make_mri_case,
 )
+from medpipe.errors import MedpipeError, OutputError
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "sample_data"

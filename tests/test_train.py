@@ -21,8 +21,9 @@ import yaml
 
 from medpipe.config import PipelineConfig, config_from_dict
 from medpipe.errors import CheckpointError, DatasetError
-from medpipe.models import build_model, label_scores, region_targets
-from medpipe.train import TrainEvent, train
+from medpipe.labels import label_scores, region_targets
+from medpipe.models.factory import build_model
+from medpipe.training.run import TrainEvent, train
 from medpipe.training.trainer import lr_factor
 from tests.conftest import REPO, SHARED_DATA
 from tests.test_datasets import make_layout, write_volume
@@ -127,7 +128,7 @@ def kits_run(tmp_path_factory: pytest.TempPathFactory, kits: Path) -> Path:
 
 
 def test_region_training_with_folds_and_region_inference(tmp_path: Path) -> None:
-    from medpipe.infer import infer
+    from medpipe.inference.batch import infer
 
     root = make_layout(tmp_path / "brats", "brats2023", n=6)
     cfg = tiny(root, "brats2023", regions=BRATS_REGIONS, data={"fold": 1, "n_folds": 3},
@@ -271,7 +272,7 @@ def test_real_brats_case_trains_one_epoch_end_to_end(tmp_path: Path) -> None:
     src = SHARED_DATA / "nifti" / "brats-tcga-du-7294"
     if not src.is_dir():
         pytest.skip("shared real data not present")
-    from medpipe.infer import infer
+    from medpipe.inference.batch import infer
 
     modalities = {"t1": "t1", "t1ce": "t1c", "t2": "t2", "flair": "fla"}
     segs = sorted((src / "segmentation").glob("*.nii.gz"))[:3]

@@ -4,7 +4,7 @@ Errors (training refuses): unreadable files, missing images/labels/modalities, c
 the layout, channels or label on a different grid than the image, label values outside the label map,
 non-integer labels, NaN/Inf voxels, duplicate images. Warnings: spacing and orientation outliers, labels with
 no foreground. The fingerprint (nnU-Net's idea) holds spacings, shapes, per-channel intensity statistics of
-foreground voxels and class frequencies; :mod:`medpipe.plan` derives a configuration from it.
+foreground voxels and class frequencies; :mod:`medpipe.datasets.plan` derives a configuration from it.
 """
 
 from __future__ import annotations
@@ -257,27 +257,3 @@ def save_fingerprint(report: CheckReport, path: str | Path) -> Path:
     """Write the fingerprint (with the issues) as JSON, atomically."""
     write_json_atomic(path, {**report.fingerprint, "issues": [i.to_json() for i in report.issues]})
     return Path(path)
-
-
-def render_check(report: CheckReport, max_rows: int = 40) -> Any:
-    """The issues (errors first), one per line, and a one-line summary, for the CLI."""
-    from rich.console import Group
-    from rich.text import Text
-
-    fp = report.fingerprint
-    lines: list[Any] = []
-    ordered = sorted(report.issues, key=lambda i: (i.severity != "error", i.case_id))
-    for i in ordered[:max_rows]:
-        line = Text()
-        line.append("error " if i.severity == "error" else "warn  ", style="red" if i.severity == "error" else "yellow")
-        line.append(f"{i.case_id or '(dataset)'} ", style="bold")
-        line.append(f"[{i.check}] {i.message}  ")
-        line.append(i.path, style="dim")
-        lines.append(line)
-    if len(ordered) > max_rows:
-        lines.append(Text(f"... {len(ordered) - max_rows} more in the fingerprint JSON (-o)"))
-    lines.append(Text(f"{report.dataset.format} dataset, {fp['dataset']['n_cases']} cases, channels "
-                      f"{', '.join(fp['dataset']['channels'])}, modality {fp['modality']}, median spacing (RAS) "
-                      f"{fp['spacing_mm'].get('median')} mm: {len(report.errors)} errors, "
-                      f"{len(report.warnings)} warnings"))
-    return Group(*lines)

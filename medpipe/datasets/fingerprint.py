@@ -1,4 +1,4 @@
-"""Dataset fingerprint (what :mod:`medpipe.plan` configures from) and dataset identity (what a plan or a
+"""Dataset fingerprint (what :mod:`medpipe.datasets.plan` configures from) and dataset identity (what a plan or a
 resumed run compares against).
 
 Identity: per file, its name, size and a content digest that costs one seek: for ``.nii.gz`` the gzip trailer

@@ -1,4 +1,4 @@
 """Training internals: events, data loaders, losses, checkpoint/RNG state and the :class:`Trainer` loop.
 
-The public entry is :func:`medpipe.train.train`.
+The public entry is :func:`medpipe.training.run.train`.
 """

@@ -21,7 +21,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from medpipe.config import PipelineConfig
 from medpipe.datasets import Case
-from medpipe.distributed import DistInfo
+from medpipe.training.distributed import DistInfo
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medpipe.config import PipelineConfig
-from medpipe.models import region_targets
+from medpipe.labels import region_targets
 
 
 class DiceBCELoss(nn.Module):

@@ -125,7 +125,7 @@ def pick_checkpoint(run_dir: Path, map_location: str) -> tuple[Path, dict[str, A
     Returns (path, checkpoint, notices). Raises :class:`CheckpointError` naming each file and its problem when
     none can be loaded.
     """
-    from medpipe.models import load_checkpoint
+    from medpipe.models.checkpoint import load_checkpoint
 
     notices: list[str] = []
     problems: list[str] = []

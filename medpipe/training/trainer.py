@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from medpipe.config import PipelineConfig, dump_config
-from medpipe.distributed import DistInfo, broadcast_object, gather_objects, mean_across_ranks
 from medpipe.errors import CheckpointError, ConfigError, DatasetError
 from medpipe.io.atomic import write_json_atomic, write_text_atomic
-from medpipe.runlog import RunLog, read_rows
+from medpipe.training.distributed import DistInfo, broadcast_object, gather_objects, mean_across_ranks
 from medpipe.training.events import EpochStats, TrainEvent, TrainResult
+from medpipe.training.runlog import RunLog, read_rows
 from medpipe.training.state import (
     config_changes,
     epoch_seed,
@@ -104,12 +104,12 @@ class Trainer:
     # ----- model --------------------------------------------------------------------------------------------
     @property
     def deep_supervision(self) -> bool:
-        from medpipe.models import uses_deep_supervision
+        from medpipe.models.factory import uses_deep_supervision
 
         return uses_deep_supervision(self.cfg)
 
     def setup_model(self) -> None:
-        from medpipe.models import build_model
+        from medpipe.models.factory import build_model
         from medpipe.training.losses import SegmentationLoss
 
         cfg, t = self.cfg, self.cfg.training
@@ -133,7 +133,7 @@ class Trainer:
     # ----- checkpoints --------------------------------------------------------------------------------------
     def save(self, name: str, epoch: int, best: tuple[int, float]) -> None:
         """Rank 0: write a checkpoint atomically; ``last.pt`` first moves the previous one to ``previous.pt``."""
-        from medpipe.models import save_checkpoint
+        from medpipe.models.checkpoint import save_checkpoint
 
         if not self.dist.is_main:
             return
@@ -154,7 +154,7 @@ class Trainer:
             self.notices += notices
             chosen = path.name
         chosen = broadcast_object(chosen, self.dist)
-        from medpipe.models import load_checkpoint
+        from medpipe.models.checkpoint import load_checkpoint
 
         path = self.run_dir / str(chosen)
         ckpt = load_checkpoint(path, map_location=self.device)
@@ -231,7 +231,7 @@ class Trainer:
         return EpochStats(mean_across_ranks(mean, self.dist, self.device), len(losses), wait, compute)
 
     def _scored(self) -> Any:
-        from medpipe.metrics.regions import Region
+        from medpipe.evaluation.metrics.regions import Region
 
         if self.cfg.regions:
             return [Region(i + 1, name, tuple(v)) for i, (name, v) in enumerate(self.cfg.regions.items())]
@@ -241,8 +241,8 @@ class Trainer:
         """Mean Dice per foreground label (or region) over the validation cases, in network space."""
         from monai.inferers import sliding_window_inference
 
-        from medpipe.evaluate import score_arrays
-        from medpipe.models import label_scores
+        from medpipe.evaluation.evaluate import score_arrays
+        from medpipe.labels import label_scores
 
         self.net.eval()
         inf, scored = self.cfg.inference, self._scored()

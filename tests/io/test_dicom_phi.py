@@ -11,10 +11,11 @@ import warnings
 import pytest
 from rich.console import Console
 
-from medpipe.convert import convert_dicom
+from medpipe.cli.render import render_info
 from medpipe.errors import DicomError
-from medpipe.info import info, render_info
 from medpipe.io.dicom import read_dicom_volume
+from medpipe.io.dicom.convert import convert_dicom
+from medpipe.io.inspect import info
 from tests.dicom_factory import write_series
 
 SENTINEL = "ZZPHISENTINEL"

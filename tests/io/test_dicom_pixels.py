@@ -21,8 +21,8 @@ from pydicom.uid import (
 )
 
 from medpipe.errors import DicomError
-from medpipe.info import info
 from medpipe.io.dicom import read_dicom_volume
+from medpipe.io.inspect import info
 from tests.dicom_factory import pattern, save, write_enhanced, write_series
 
 SYNTAXES = [

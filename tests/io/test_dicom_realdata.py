@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medpipe.convert import convert_dicom
 from medpipe.errors import DicomError
 from medpipe.io.dicom import analyse, read_dicom_volume, scan_folder
+from medpipe.io.dicom.convert import convert_dicom
 from medpipe.io.dicom.pixels import read_stack
 from medpipe.io.geometry import Grid, grid_of, grids_match
 from tests.dicom_factory import sitk_sorted_files, sitk_volume

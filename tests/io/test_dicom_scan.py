@@ -190,7 +190,7 @@ def test_malformed_headers_never_crash_the_scan(tmp_path):
     import random
 
     from medpipe.errors import MedpipeError
-    from medpipe.info import info
+    from medpipe.io.inspect import info
 
     series = write_series(tmp_path / "src", n_slices=4)
     original = series.files[1].read_bytes()

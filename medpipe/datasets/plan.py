@@ -8,7 +8,7 @@ Heuristics (docs/training.md explains each):
   target spacing, then shrunk (largest axis relative to the median image first) until the estimated memory of a
   batch of 2 fits the GPU budget; each axis a multiple of the network's total stride along it;
 - network: DynUNet with residual blocks and deep supervision; strides/kernels from
-  :func:`medpipe.models.dynunet_topology` (no pooling along an axis that is > 2x coarser than the finest, until
+  :func:`medpipe.models.topology.dynunet_topology` (no pooling along an axis that is > 2x coarser than the finest, until
   it has caught up), pooling until the bottleneck is 4-8 voxels, at most 5 times; filters 32, 64, ... up to 320;
 - batch size: 2, raised while memory allows and one batch covers at most 5 % of the dataset's voxels;
 - normalisation: CT -> clip to the 0.5-99.5 percentiles of foreground HU and scale to [0, 1] (nnU-Net's CT scheme
@@ -27,7 +27,7 @@ import numpy as np
 from medpipe.config import PipelineConfig, config_from_dict, dump_config
 from medpipe.errors import DatasetError
 from medpipe.io.atomic import write_text_atomic
-from medpipe.models import dynunet_topology
+from medpipe.models.topology import dynunet_topology
 
 #: Bytes per activation value (AMP keeps some tensors in fp32) and activations kept per level for backward.
 BYTES_PER_VALUE_AMP = 3.0

@@ -141,36 +141,3 @@ def info(path: str | Path) -> InfoResult:
         path=path,
         hint="for DICOM, pass the folder that holds the files",
     )
-
-
-def render_info(result: InfoResult) -> Any:
-    """A rich renderable (a table and a line on skipped files) for ``medpipe info``."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=f"{result.path} ({result.kind})", title_justify="left", show_lines=True)
-    for name in (
-        "Series",
-        "Description",
-        "Modality",
-        "Size",
-        "Spacing (mm)",
-        "Orient.",
-        "Plane",
-        "Storage",
-        "Problems",
-    ):
-        table.add_column(name, overflow="fold")
-    for v in result.volumes:
-        size = "x".join(str(s) for s in v.size) if v.size else "?"
-        spacing = " x ".join(f"{s:.4g}" for s in v.spacing_mm) if v.spacing_mm else "?"
-        problems = Text("\n".join(v.problems), style="bold red") if v.problems else Text("none", style="green")
-        table.add_row(
-            v.label, v.description, v.modality, size, spacing, v.orientation or "?", v.plane, v.storage, problems
-        )
-    parts: list[Any] = [table]
-    if result.kind == "dicom":
-        skipped = ", ".join(f"{n} {reason}" for reason, n in result.skipped.items()) or "none"
-        parts.append(Text(f"{result.n_files} files; skipped: {skipped}"))
-    return Group(*parts)

@@ -81,8 +81,8 @@ def train(
     """Train a segmentation model; writes best.pt / last.pt, metrics.csv and a training curve.
 
     Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node=N -m medpipe.cli train ...``."""
-    from medpipe.progress import TrainProgress
-    from medpipe.train import train as run_train
+    from medpipe.cli.render import TrainProgress
+    from medpipe.training.run import train as run_train
 
     with handled():
         cfg = _config(config)
@@ -105,9 +105,8 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training run.")] = False,
 ) -> None:
     """The whole job: train, segment the held-out cases on their original grids, and score them."""
+    from medpipe.cli.render import TrainProgress, render_infer, render_table
     from medpipe.pipeline import run_pipeline
-    from medpipe.progress import TrainProgress, render_infer
-    from medpipe.report import render_table
 
     with handled():
         cfg = _config(config)
@@ -135,8 +134,8 @@ def infer(
     allow_non_hu: Annotated[bool, typer.Option(help="CT models: segment inputs that do not look like HU.")] = False,
 ) -> None:
     """Segment scans; masks land exactly on each input's grid."""
-    from medpipe.infer import infer as run_infer
-    from medpipe.progress import case_progress, render_infer
+    from medpipe.cli.render import case_progress, render_infer
+    from medpipe.inference.batch import infer as run_infer
 
     dicom_options = {"series": series, "allow_tilt": allow_tilt, "allow_uneven": allow_uneven}
     with handled():
@@ -166,9 +165,9 @@ def evaluate(
     lesions: Annotated[bool | None, typer.Option("--lesions/--no-lesions", help="Lesion-wise scoring.")] = None,
 ) -> None:
     """Dice, IoU, HD95, ASSD, NSD, volumes per case and label; metrics.csv, summary.json and report.html."""
-    from medpipe.evaluate import evaluate as run_evaluate
-    from medpipe.evaluate import parse_labels, parse_tolerances
-    from medpipe.report import render_table
+    from medpipe.cli.render import render_table
+    from medpipe.evaluation.evaluate import evaluate as run_evaluate
+    from medpipe.evaluation.evaluate import parse_labels, parse_tolerances
 
     with handled():
         names = parse_labels(labels) if labels else (_config(config).labels if config else None)
@@ -195,8 +194,8 @@ def dataset_check(
 ) -> None:
     """Integrity report before training (missing files, channels, grids, label values, NaN/Inf, outliers,
     duplicates) and the dataset fingerprint. Exit code 1 when there are errors."""
+    from medpipe.cli.render import render_check
     from medpipe.datasets import check_dataset, save_fingerprint
-    from medpipe.datasets.check import render_check
 
     with handled():
         cfg = _config(labels_from) if labels_from else None
@@ -219,7 +218,7 @@ def plan(
                                               "training step.")] = 8.0,
 ) -> None:
     """Configure training from the dataset fingerprint (spacing, patch, batch, network, normalisation)."""
-    from medpipe.plan import plan_dataset
+    from medpipe.datasets.plan import plan_dataset
 
     with handled():
         result = plan_dataset(root, out_yaml, fmt=fmt, gpu_mem_gb=gpu_mem_gb)
@@ -236,7 +235,7 @@ def sample_data(
     n_mri: Annotated[int, typer.Option(min=0, help="Number of BraTS-style MRI cases.")] = 10,
 ) -> None:
     """Generate the synthetic KiTS-style CT and BraTS-style MRI sample sets."""
-    from medpipe.sample import generate_sample_data
+    from medpipe.datasets.synthetic import generate_sample_data
 
     with handled():
         s = generate_sample_data(out_dir, seed=seed, n_ct=n_ct, n_mri=n_mri)
@@ -250,8 +249,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """What is in a NIfTI file or DICOM folder (series, size, spacing, orientation, problems)."""
-    from medpipe.info import info as run_info
-    from medpipe.info import render_info
+    from medpipe.cli.render import render_info
+    from medpipe.io.inspect import info as run_info
 
     with handled():
         result = run_info(path)
@@ -272,7 +271,8 @@ def convert(
     workers: Annotated[int | None, typer.Option(min=1, help="Decoder threads (default: CPU count).")] = None,
 ) -> None:
     """Convert DICOM series to NIfTI with a JSON sidecar of every geometry decision."""
-    from medpipe.convert import convert_dicom, render_convert
+    from medpipe.cli.render import render_convert
+    from medpipe.io.dicom.convert import convert_dicom
 
     with handled():
         result = convert_dicom(dicom_dir, out_dir, series=series, allow_tilt=allow_tilt, allow_uneven=allow_uneven,

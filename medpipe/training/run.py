@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medpipe.config import PipelineConfig
-from medpipe.distributed import init_distributed, shutdown
 from medpipe.errors import CheckpointError, ConfigError
 from medpipe.io.atomic import ensure_writable_dir
 from medpipe.runtime import resolve_device
+from medpipe.training.distributed import init_distributed, shutdown
 from medpipe.training.events import EpochStats, TrainEvent, TrainResult
 from medpipe.training.state import resumable, resume_key
 from medpipe.training.trainer import Trainer

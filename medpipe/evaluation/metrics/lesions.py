@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from medpipe.metrics.surface import surface_distances
+from medpipe.evaluation.metrics.surface import surface_distances
 
 _S26 = ndi.generate_binary_structure(3, 3)
 _S18 = ndi.generate_binary_structure(3, 2)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medpipe.metrics.empty import EMPTY_CASES
-from medpipe.metrics.scoring import MetricRow
+from medpipe.evaluation.metrics.empty import EMPTY_CASES
+from medpipe.evaluation.metrics.scoring import MetricRow
 
 #: Row fields summarised, in report order.
 SUMMARY_FIELDS = (

@@ -169,7 +169,7 @@ def _load_dicom(case: InputCase, n_channels: int, options: dict[str, Any]) -> Lo
     arr = np.asarray(vol.array, dtype=np.float32)
     grid = Grid((arr.shape[0], arr.shape[1], arr.shape[2]), np.asarray(vol.affine, dtype=float))
     digest = hashlib.sha256(arr.tobytes() + grid.affine.tobytes()).hexdigest()
-    from medpipe.convert import output_stem
+    from medpipe.io.dicom.convert import output_stem
 
     # Named like `medpipe convert` names it: series label + description, never patient data or folder names.
     case_id = case.case_id or output_stem(vol.label or str(vol.series_number or 0), vol.description)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 from scipy import ndimage as ndi
 
-from medpipe.metrics.empty import DEFAULT_POLICY, EmptyPolicy, empty_case
-from medpipe.metrics.lesions import LesionRule, LesionScore, pad_box, score_lesions
-from medpipe.metrics.overlap import Overlap
-from medpipe.metrics.regions import Region, tolerance_for
-from medpipe.metrics.surface import surface_distances
+from medpipe.evaluation.metrics.empty import DEFAULT_POLICY, EmptyPolicy, empty_case
+from medpipe.evaluation.metrics.lesions import LesionRule, LesionScore, pad_box, score_lesions
+from medpipe.evaluation.metrics.overlap import Overlap
+from medpipe.evaluation.metrics.regions import Region, tolerance_for
+from medpipe.evaluation.metrics.surface import surface_distances
 
 #: Metric groups that ``metrics=`` accepts. ``"all"`` means every one but ``"lesions"``.
 METRICS = ("dice", "iou", "hd", "hd95", "assd", "nsd", "volume", "confusion", "lesions")

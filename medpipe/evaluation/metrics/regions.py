@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from medpipe.errors import ConfigError, InputError
-from medpipe.metrics.empty import BRATS_POLICY, DEFAULT_POLICY, EmptyPolicy
-from medpipe.metrics.lesions import BRATS_GLI_RULE, LesionRule
+from medpipe.evaluation.metrics.empty import BRATS_POLICY, DEFAULT_POLICY, EmptyPolicy
+from medpipe.evaluation.metrics.lesions import BRATS_GLI_RULE, LesionRule
 
 #: Default NSD tolerance (mm): the value TotalSegmentator's evaluator uses, so numbers compare.
 DEFAULT_NSD_TOLERANCE_MM = 3.0

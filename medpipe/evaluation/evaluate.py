@@ -7,25 +7,22 @@ in-memory path for training validation. Definitions live in ``medpipe/metrics/``
 from __future__ import annotations
 
 import math
-import sys
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from medpipe.errors import ConfigError, GeometryError, InputError
+from medpipe.evaluation.metrics.empty import EmptyPolicy
+from medpipe.evaluation.metrics.regions import Region, get_preset, tolerance_for
+from medpipe.evaluation.metrics.scoring import MetricRow, score_arrays
+from medpipe.evaluation.metrics.summary import summarize
+from medpipe.evaluation.metrics.surface import CONVENTIONS
 from medpipe.io.atomic import ensure_writable_dir
 from medpipe.io.geometry import Grid, describe_mismatch, grids_match
 from medpipe.io.nifti import NIFTI_SUFFIXES, case_id_from_path, is_nifti_path, load_label
-from medpipe.metrics.empty import EmptyPolicy
-from medpipe.metrics.regions import Region, get_preset, tolerance_for
-from medpipe.metrics.scoring import MetricRow, score_arrays
-from medpipe.metrics.summary import summarize
-from medpipe.metrics.surface import CONVENTIONS
 
 __all__ = ["EvaluationResult", "evaluate", "match_cases", "parse_labels", "parse_tolerances", "score_arrays"]
 
@@ -38,7 +35,7 @@ class EvaluationResult:
     """What :func:`evaluate` computed and wrote.
 
     ``rows``: one per case × label (or region), cases in name order. ``summary``: per-label statistics keyed by
-    label id (see :func:`medpipe.metrics.summary.summarize`). ``empty_counts``: per label id, the number of
+    label id (see :func:`medpipe.evaluation.metrics.summary.summarize`). ``empty_counts``: per label id, the number of
     cases where both / the reference / the prediction masks are empty. ``missing_predictions``: reference
     cases without a prediction (reported, not scored). ``resampled``: cases whose prediction was resampled
     onto the reference grid. ``settings``: preset, surface convention, tolerances, empty policy. ``paths``:
@@ -167,7 +164,7 @@ def evaluate(
     policy = policy or chosen.policy
     rule = chosen.lesion_rule if lesions is None or lesions else None
     if lesions and rule is None:
-        from medpipe.metrics.lesions import LesionRule
+        from medpipe.evaluation.metrics.lesions import LesionRule
 
         rule = LesionRule()
     if out_dir is not None:
@@ -197,7 +194,7 @@ def evaluate(
             if img_path is None:
                 no_image.append(case)
             else:
-                from medpipe.report import overlay_png
+                from medpipe.evaluation.report import overlay_png
 
                 overlays[case] = overlay_png(img_path, r, p, grid, regions)
         if progress is not None:
@@ -229,7 +226,7 @@ def evaluate(
     )
     if out_dir is None:
         return result
-    from medpipe.report import write_report
+    from medpipe.evaluation.report import write_report
 
     return write_report(result, Path(out_dir))
 
@@ -269,13 +266,3 @@ def parse_tolerances(text: str) -> float | dict[int, float]:
         raise ConfigError(f"NSD tolerances must be finite and >= 0, got {text!r}")
     return out
 
-
-class _CallableModule(types.ModuleType):
-    """Importing this module sets the attribute ``medpipe.evaluate`` to the module (Python's import rules);
-    making the module callable keeps the documented ``medpipe.evaluate(...)`` call working."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> EvaluationResult:
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -16,12 +16,12 @@ from typing import Any, cast
 import nibabel as nib
 import numpy as np
 
-from medpipe import __version__
 from medpipe.errors import DicomError
 from medpipe.io.atomic import atomic_path, ensure_writable_dir, write_json_atomic
 from medpipe.io.dicom.scan import scan_folder, select_candidate
 from medpipe.io.dicom.volume import DicomVolume, load_candidate
 from medpipe.io.geometry import check_on_grid, grid_of, require_same_grid
+from medpipe.runtime import __version__
 
 
 @dataclass(frozen=True)
@@ -187,32 +187,3 @@ def convert_dicom(
         )
         raise DicomError(f"no volume could be converted: {reasons}", path=folder)
     return ConvertResult(out, tuple(written), tuple(failed), scan.skipped_counts)
-
-
-def render_convert(result: ConvertResult) -> Any:
-    """A rich renderable for ``medpipe convert``: written files, failed volumes (red), skipped files."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=f"converted into {result.out_dir}", title_justify="left")
-    for name in ("Series", "Description", "File", "Size", "Spacing (mm)", "Orient.", "Type", "Repairs"):
-        table.add_column(name, overflow="fold")
-    for v in result.written:
-        table.add_row(
-            v.label,
-            v.description,
-            v.nifti.name,
-            "x".join(str(s) for s in v.shape),
-            " x ".join(f"{s:.4g}" for s in v.spacing_mm),
-            v.orientation,
-            v.dtype,
-            ", ".join(v.repairs) or "none",
-        )
-    parts: list[Any] = [table]
-    for f in result.failed:
-        parts.append(Text(f"series {f.label} not converted: {f.message}", style="bold red"))
-    skipped = ", ".join(f"{n} {reason}" for reason, n in result.skipped.items())
-    if skipped:
-        parts.append(Text(f"skipped files: {skipped}"))
-    return Group(*parts)

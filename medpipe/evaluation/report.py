@@ -18,18 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from rich.table import Table
 
+from medpipe.evaluation.metrics.summary import json_safe
 from medpipe.io.atomic import write_json_atomic, write_text_atomic
-from medpipe.metrics.summary import json_safe
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from medpipe.evaluate import EvaluationResult
+    from medpipe.evaluation.evaluate import EvaluationResult
+    from medpipe.evaluation.metrics.regions import Region
+    from medpipe.evaluation.metrics.scoring import MetricRow
     from medpipe.io.geometry import Grid
-    from medpipe.metrics.regions import Region
-    from medpipe.metrics.scoring import MetricRow
 
 _PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
             "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000", "#ffd8b1", "#000075")
@@ -41,6 +40,31 @@ def _fmt(value: object, digits: int = 3) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
+
+
+def fmt_stat(entry: dict[str, object], metric: str, style: str = "mean") -> str:
+    """A summary statistic as table text: mean ± sd, or median [IQR]; undefined counts are shown."""
+    stats = entry["metrics"].get(metric)  # type: ignore[attr-defined]
+    if not stats or stats["n"] == 0:
+        return "–" if not stats else f"undefined ×{stats['n_undefined']}"
+    if style == "median":
+        text = f"{stats['median']:.2f} [{stats['q1']:.2f}–{stats['q3']:.2f}]"
+    else:
+        text = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    return text + (f" (+{stats['n_undefined']} undef.)" if stats["n_undefined"] else "")
+
+
+def caption_text(result: EvaluationResult) -> str:
+    """The notes under a results table: surface convention, empty policy, missing and resampled cases."""
+    lines = [f"Surface convention: {result.settings.get('surface')}. " + " ".join(
+        result.settings.get("empty_policy_text", []))]  # type: ignore[arg-type]
+    missing = result.missing_predictions
+    if missing:
+        more = " ..." if len(missing) > 8 else ""
+        lines.append(f"No prediction for {len(missing)} reference case(s): {', '.join(missing[:8])}{more}")
+    if result.resampled:
+        lines.append(f"Resampled onto the reference grid (nearest neighbour): {', '.join(result.resampled)}")
+    return "\n".join(lines)
 
 
 def label_title(label: int, name: str) -> str:
@@ -74,53 +98,6 @@ def lesions_csv(rows: Sequence[MetricRow]) -> str:
     return buf.getvalue()
 
 
-def _stat(entry: dict[str, object], metric: str, style: str = "mean") -> str:
-    stats = entry["metrics"].get(metric)  # type: ignore[attr-defined]
-    if not stats or stats["n"] == 0:
-        return "–" if not stats else f"undefined ×{stats['n_undefined']}"
-    if style == "median":
-        text = f"{stats['median']:.2f} [{stats['q1']:.2f}–{stats['q3']:.2f}]"
-    else:
-        text = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
-    return text + (f" (+{stats['n_undefined']} undef.)" if stats["n_undefined"] else "")
-
-
-def render_table(result: EvaluationResult) -> Table:
-    """Per-label summary for the terminal: Dice mean ± sd, HD95/ASSD median [IQR] (mm), NSD, empty counts."""
-    tol = result.settings.get("nsd_tolerance_mm", {})
-    table = Table(title=f"Evaluation: {len(result.cases)} case(s), preset {result.settings.get('preset')}",
-                  caption=_caption(result), caption_justify="left")
-    for col, just in (("label", "left"), ("n", "right"), ("Dice", "right"), ("HD95 mm", "right"),
-                      ("ASSD mm", "right"), ("NSD", "right"), ("empty both/ref/pred", "center")):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
-    lesion = any("lesions" in e for e in result.summary.values())
-    if lesion:
-        table.add_column("lesion Dice", justify="right")
-        table.add_column("lesions TP/FN/FP", justify="center")
-    for key, entry in result.summary.items():
-        empty = entry["empty"]
-        t = tol.get(int(key)) if isinstance(tol, dict) else None  # type: ignore[call-overload]
-        cells = [label_title(int(key), str(entry["label_name"])), str(entry["n_cases"]), _stat(entry, "dice"),
-                 _stat(entry, "hd95_mm", "median"), _stat(entry, "assd_mm", "median"),
-                 _stat(entry, "nsd") + (f" @{t:g} mm" if t is not None else ""),
-                 f"{empty['both']}/{empty['ref']}/{empty['pred']}"]  # type: ignore[index]
-        if lesion:
-            les: dict[str, int] = entry.get("lesions") or {}  # type: ignore[assignment]
-            cells += [_stat(entry, "lesion_dice"), f"{les.get('tp', 0)}/{les.get('fn', 0)}/{les.get('fp', 0)}"]
-        table.add_row(*cells)
-    return table
-
-
-def _caption(result: EvaluationResult) -> str:
-    lines = [f"Surface convention: {result.settings.get('surface')}. " + " ".join(
-        result.settings.get("empty_policy_text", []))]  # type: ignore[arg-type]
-    missing = result.missing_predictions
-    if missing:
-        more = " ..." if len(missing) > 8 else ""
-        lines.append(f"No prediction for {len(missing)} reference case(s): {', '.join(missing[:8])}{more}")
-    if result.resampled:
-        lines.append(f"Resampled onto the reference grid (nearest neighbour): {', '.join(result.resampled)}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- figures
@@ -257,7 +234,7 @@ def render_html(result: EvaluationResult) -> str:
              f"</b> ({e(str(s['preset_description']))}) · surface convention <b>{e(str(s['surface']))}</b> · "
              f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}<br>prediction <code>{e(str(s['pred']))}</code> · "
              f"reference <code>{e(str(s['ref']))}</code></div>"]
-    warnings = [e(line) for line in _caption(result).splitlines()[1:]]
+    warnings = [e(line) for line in caption_text(result).splitlines()[1:]]
     undefined = [f"{e(label_title(int(k), str(v['label_name'])))}: {m} undefined in {st['n_undefined']} case(s)"
                  for k, v in result.summary.items() for m, st in v["metrics"].items()  # type: ignore[attr-defined]
                  if st["n_undefined"]]
@@ -268,15 +245,15 @@ def render_html(result: EvaluationResult) -> str:
     for key, v in result.summary.items():
         em = v["empty"]
         t = tol.get(int(key)) if isinstance(tol, dict) else None  # type: ignore[call-overload]
-        rows.append([e(label_title(int(key), str(v["label_name"]))), v["n_cases"], _stat(v, "dice"), _stat(v, "iou"),
-                     _stat(v, "hd_mm", "median"), _stat(v, "hd95_mm", "median"), _stat(v, "assd_mm", "median"),
-                     _stat(v, "nsd") + (f" @{t:g} mm" if t is not None else ""),
+        rows.append([e(label_title(int(key), str(v["label_name"]))), v["n_cases"], fmt_stat(v, "dice"), fmt_stat(v, "iou"),
+                     fmt_stat(v, "hd_mm", "median"), fmt_stat(v, "hd95_mm", "median"), fmt_stat(v, "assd_mm", "median"),
+                     fmt_stat(v, "nsd") + (f" @{t:g} mm" if t is not None else ""),
                      f"{em['both']} / {em['ref']} / {em['pred']}"])  # type: ignore[index]
     parts += ["<h2>Summary per label</h2>", _table(
         ["label", "cases", "Dice mean ± sd", "IoU mean ± sd", "HD mm median [IQR]", "HD95 mm median [IQR]",
          "ASSD mm median [IQR]", "NSD mean ± sd", "empty both / ref / pred"], rows)]
     if any("lesions" in v for v in result.summary.values()):
-        les = [[e(label_title(int(k), str(v["label_name"]))), _stat(v, "lesion_dice"), _stat(v, "lesion_hd95_mm"),
+        les = [[e(label_title(int(k), str(v["label_name"]))), fmt_stat(v, "lesion_dice"), fmt_stat(v, "lesion_hd95_mm"),
                 v["lesions"]["ref_lesions"], v["lesions"]["tp"], v["lesions"]["fn"], v["lesions"]["fp"],  # type: ignore[index]
                 _fmt(v["lesions"]["sensitivity"]), _fmt(v["lesions"]["fp_per_case"], 2)]  # type: ignore[index]
                for k, v in result.summary.items() if "lesions" in v]
@@ -326,7 +303,7 @@ _DEFINITIONS = {
 
 def summary_json(result: EvaluationResult) -> dict[str, object]:
     """The content of ``summary.json``."""
-    from medpipe import __version__
+    from medpipe.runtime import __version__
 
     return json_safe({
         "medpipe_version": __version__,

@@ -1,0 +1,1 @@
+"""Evaluation: metrics in millimetres per case and label (``metrics/``), summaries and reports."""

@@ -1,0 +1,1 @@
+"""Inference: inputs -> predictor -> export onto the source grid -> sidecar; batch loops over cases."""

@@ -1,0 +1,104 @@
+"""The predictor: a loaded model plus its preprocessing, sliding-window logits and export onto the source grid."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import KeepLargestConnectedComponent
+
+from medpipe.config import PipelineConfig
+from medpipe.errors import CheckpointError
+from medpipe.inference.export import labels_on_grid
+from medpipe.inference.inputs import LoadedCase
+from medpipe.labels import label_scores
+from medpipe.models.checkpoint import model_from_checkpoint
+from medpipe.runtime import resolve_device, sha256_file
+from medpipe.transforms import preprocess
+
+
+def find_checkpoint(run: Path) -> Path:
+    """A run folder's ``best.pt`` (else ``last.pt``), or a checkpoint file given directly."""
+    if run.is_file():
+        return run
+    if not run.is_dir():
+        raise CheckpointError("run folder or checkpoint not found", path=run)
+    for name in ("best.pt", "last.pt"):
+        if (run / name).is_file():
+            return run / name
+    raise CheckpointError("run folder has no checkpoint (best.pt or last.pt)", path=run, hint="train first")
+
+
+class Predictor:
+    """A loaded model plus its preprocessing: segments one case at a time."""
+
+    def __init__(self, checkpoint: Path, device: str = "auto", overlap: float | None = None,
+                 sw_batch_size: int | None = None) -> None:
+        self.device = resolve_device(device)
+        self.checkpoint = checkpoint
+        self.model, cfg = model_from_checkpoint(checkpoint, self.device)
+        overrides = {"overlap": overlap, "sw_batch_size": sw_batch_size}
+        self.cfg: PipelineConfig = cfg.with_overrides(
+            inference={k: v for k, v in overrides.items() if v is not None}
+        )
+        self.model_sha256 = sha256_file(checkpoint)
+        self.label_values = list(range(cfg.num_classes))
+        self._pre: Any = None
+
+    def logits(self, image: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """Sliding-window logits for a (1, C, X, Y, Z) network-space tensor; returns (logits, memory rung)."""
+        inf = self.cfg.inference
+        use_amp = inf.amp and self.device.startswith("cuda")
+
+        def run(out_device: str) -> torch.Tensor:
+            with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                return sliding_window_inference(  # type: ignore[return-value]
+                    image.to(self.device), roi_size=inf.roi_size_vox, sw_batch_size=inf.sw_batch_size,
+                    predictor=self.model, overlap=inf.overlap, mode=inf.blend, sw_device=self.device,
+                    device=out_device,
+                )
+
+        if not self.device.startswith("cuda"):
+            return run(self.device), "cpu"
+        try:
+            return run(self.device), "gpu"
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return run("cpu"), "gpu-windows-cpu-aggregation"
+
+    def segment(self, case: LoadedCase) -> tuple[np.ndarray, dict[str, Any]]:
+        """Mask (I, J, K) on the case's source grid, and timings/details for the sidecar."""
+        if self._pre is None:
+            self._pre = preprocess(self.cfg, with_label=False, load=False)
+        t0 = time.perf_counter()
+        img = MetaTensor(torch.from_numpy(case.array), meta={"affine": torch.as_tensor(case.grid.affine)})
+        net_img = self._pre({"image": img})["image"]
+        t1 = time.perf_counter()
+        logits, rung = self.logits(net_img[None])
+        probs = label_scores(logits[0].float(), self.cfg)  # softmax, or decoded sigmoid regions
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        probs_mt = MetaTensor(probs.to(self.device), meta={"affine": net_img.affine.to(torch.float64)})
+        labels = labels_on_grid(probs_mt, case.grid, self.label_values)
+        labels = self._postprocess(labels)
+        t3 = time.perf_counter()
+        details = {
+            "network_grid": {"shape": list(net_img.shape[1:]), "spacing_mm": list(self.cfg.transforms.spacing_mm)},
+            "memory_rung": rung,
+            "timings_s": {"preprocess": round(t1 - t0, 3), "inference": round(t2 - t1, 3), "export": round(t3 - t2, 3)},
+        }
+        return labels, details
+
+    def _postprocess(self, labels: np.ndarray) -> np.ndarray:
+        keep = self.cfg.inference.keep_largest
+        if not keep:
+            return labels
+        kept = KeepLargestConnectedComponent(applied_labels=list(keep), independent=True)(
+            torch.as_tensor(labels[None].astype(np.int64)))
+        return np.asarray(kept[0]).astype(labels.dtype)

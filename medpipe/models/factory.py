@@ -1,0 +1,53 @@
+"""Network factory: MONAI UNet 3D, slice-wise 2D UNet, DynUNet."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import DynUNet, UNet
+from torch import nn
+
+from medpipe.config import ModelConfig, PipelineConfig
+from medpipe.models.topology import dynunet_topology
+
+
+class SliceWise2D(nn.Module):
+    """Apply a 2D network to every slice of a (B, C, H, W, D) volume; returns (B, K, H, W, D).
+
+    Lets 2D models share the 3D data pipeline, sliding window and export unchanged.
+    """
+
+    def __init__(self, net2d: nn.Module) -> None:
+        super().__init__()
+        self.net2d = net2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w, d = x.shape
+        slices = x.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
+        out = self.net2d(slices)
+        k = out.shape[1]
+        return out.reshape(b, d, k, h, w).permute(0, 2, 3, 4, 1)
+
+
+def uses_deep_supervision(cfg: PipelineConfig) -> bool:
+    """DynUNet with ``deep_supervision`` and at least 3 levels (2 upsamplings) returns the decoder outputs."""
+    return cfg.model.arch == "dynunet" and cfg.model.deep_supervision and len(cfg.model.channels) >= 3
+
+
+def build_model(cfg: PipelineConfig) -> nn.Module:
+    """The configured network: ``in_channels`` inputs, ``out_channels`` logits (classes, or regions)."""
+    m: ModelConfig = cfg.model
+    norm = "instance" if m.norm == "instance" else "batch"
+    if m.arch in ("unet3d", "unet2d"):
+        dims = 3 if m.arch == "unet3d" else 2
+        net: nn.Module = UNet(
+            spatial_dims=dims, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+            channels=m.channels, strides=m.strides, num_res_units=m.num_res_units, norm=norm, dropout=m.dropout,
+        )
+        return net if dims == 3 else SliceWise2D(net)
+    kernels, strides = dynunet_topology(cfg.transforms.patch_size_vox, cfg.transforms.spacing_mm, len(m.channels))
+    return DynUNet(
+        spatial_dims=3, in_channels=cfg.in_channels, out_channels=cfg.out_channels, kernel_size=kernels,
+        strides=strides, upsample_kernel_size=strides[1:], filters=list(m.channels), norm_name=norm,
+        dropout=m.dropout or None, deep_supervision=uses_deep_supervision(cfg),
+        deep_supr_num=max(1, min(2, len(m.channels) - 2)), res_block=True,
+    )

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import medpipe
+from medpipe.cli.options import parse_labels, parse_tolerances
 from medpipe.errors import ConfigError, GeometryError, InputError
-from medpipe.evaluation.evaluate import evaluate, parse_labels, parse_tolerances, score_arrays
+from medpipe.evaluation.evaluate import evaluate, score_arrays
 from tests.conftest import SHARED_DATA, make_affine
 
 AFFINE = make_affine(spacing=(0.8, 0.8, 2.0), origin=(-10.0, 5.0, 20.0))

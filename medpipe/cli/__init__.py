@@ -1,5 +1,11 @@
-"""The ``medpipe`` command line (typer): the only package that prints or imports rich."""
+"""The ``medpipe`` command line (typer): the only package that prints or imports rich.
+
+``app`` holds the global options and the error boundary; each module here registers one command group on it, in
+the order ``medpipe --help`` lists them.
+"""
+# ruff: noqa: I001  (registration order is the order of the help listing)
 
 from medpipe.cli.app import app, main
+from medpipe.cli import training, inference, evaluation, datasets, dicom
 
-__all__ = ["app", "main"]
+__all__ = ["app", "datasets", "dicom", "evaluation", "inference", "main", "training"]

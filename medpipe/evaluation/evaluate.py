@@ -6,7 +6,6 @@ in-memory path for training validation. Definitions live in ``medpipe/metrics/``
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from medpipe.io.atomic import ensure_writable_dir
 from medpipe.io.geometry import Grid, describe_mismatch, grids_match
 from medpipe.io.nifti import NIFTI_SUFFIXES, case_id_from_path, is_nifti_path, load_label
 
-__all__ = ["EvaluationResult", "evaluate", "match_cases", "parse_labels", "parse_tolerances", "score_arrays"]
+__all__ = ["EvaluationResult", "evaluate", "match_cases", "score_arrays"]
 
 #: Callback ``progress(done, total, case)`` after each case.
 Progress = Callable[[int, int, str], None]
@@ -238,31 +237,3 @@ def _fill_absent(rows: list[MetricRow], cases: list[str], score: Callable[[str, 
     out = rows + [score(c, Region(v, "", (v,))) for c in cases for v in labels if (c, v) not in seen]
     order = {c: i for i, c in enumerate(cases)}
     return sorted(out, key=lambda r: (order[r.case], r.label))
-
-
-def parse_labels(text: str) -> dict[int, str]:
-    """``"1=liver,2=spleen"`` (or ``"1:liver"``) -> ``{1: "liver", 2: "spleen"}``; :class:`ConfigError` if malformed."""
-    out: dict[int, str] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, sep, name = item.replace(":", "=", 1).partition("=")
-        if not sep or not key.strip().isdigit():
-            raise ConfigError(f"bad label entry {item!r}", hint="write labels as 1=liver,2=spleen")
-        out[int(key)] = name.strip()
-    return out
-
-
-def parse_tolerances(text: str) -> float | dict[int, float]:
-    """``"2"`` -> 2.0 mm for every label; ``"1=1.0,2=2.5"`` -> per label id; :class:`ConfigError` if malformed."""
-    try:
-        if "=" not in text and ":" not in text:
-            value = float(text)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(text)
-            return value
-        out = {int(k): float(v) for k, _, v in (s.replace(":", "=").partition("=") for s in text.split(","))}
-    except ValueError as err:
-        raise ConfigError(f"bad NSD tolerance {text!r}", hint="write 2.0 or 1=1.0,2=2.5 (mm)") from err
-    if any(not math.isfinite(v) or v < 0 for v in out.values()):
-        raise ConfigError(f"NSD tolerances must be finite and >= 0, got {text!r}")
-    return out
-

@@ -245,7 +245,8 @@ def render_html(result: EvaluationResult) -> str:
     for key, v in result.summary.items():
         em = v["empty"]
         t = tol.get(int(key)) if isinstance(tol, dict) else None  # type: ignore[call-overload]
-        rows.append([e(label_title(int(key), str(v["label_name"]))), v["n_cases"], fmt_stat(v, "dice"), fmt_stat(v, "iou"),
+        rows.append([e(label_title(int(key), str(v["label_name"]))), v["n_cases"], fmt_stat(v, "dice"),
+                     fmt_stat(v, "iou"),
                      fmt_stat(v, "hd_mm", "median"), fmt_stat(v, "hd95_mm", "median"), fmt_stat(v, "assd_mm", "median"),
                      fmt_stat(v, "nsd") + (f" @{t:g} mm" if t is not None else ""),
                      f"{em['both']} / {em['ref']} / {em['pred']}"])  # type: ignore[index]

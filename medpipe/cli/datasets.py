@@ -1,0 +1,74 @@
+"""``medpipe dataset check``, ``medpipe plan`` and ``medpipe sample-data``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medpipe.cli.app import app, handled, out
+from medpipe.cli.options import load_cli_config
+
+dataset_app = typer.Typer(help="Dataset tools: integrity check and fingerprint.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("check")
+def dataset_check(
+    root: Annotated[Path, typer.Argument(help="Dataset folder (or a .csv/.json list of cases).")],
+    fmt: Annotated[str, typer.Option("--format", help="Layout: auto, kits, brats2023, brats2021, msd, nnunet, "
+                                     "list.")] = "auto",
+    labels_from: Annotated[Path | None, typer.Option("--labels-from", help="Pipeline YAML whose labels and "
+                                                     "channels to check against.")] = None,
+    fingerprint: Annotated[Path | None, typer.Option("--out", "-o", help="Write the fingerprint JSON here.")] = None,
+) -> None:
+    """Integrity report before training (missing files, channels, grids, label values, NaN/Inf, outliers,
+    duplicates) and the dataset fingerprint. Exit code 1 when there are errors."""
+    from medpipe.cli.render import render_check
+    from medpipe.datasets import check_dataset, save_fingerprint
+
+    with handled():
+        cfg = load_cli_config(labels_from) if labels_from else None
+        report = check_dataset(root, fmt, labels=cfg.labels if cfg else None, channels=cfg.channels if cfg else None)
+        if fingerprint is not None:
+            save_fingerprint(report, fingerprint)
+    out.print(render_check(report))
+    if fingerprint is not None:
+        out.print(f"fingerprint: {fingerprint}")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def plan(
+    root: Annotated[Path, typer.Argument(help="Dataset folder (or a .csv/.json list of cases).")],
+    out_yaml: Annotated[Path, typer.Option("--out", "-o", help="Pipeline YAML to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="Dataset layout (default: detect).")] = "auto",
+    gpu_mem_gb: Annotated[float, typer.Option("--gpu-mem-gb", min=2.0, help="GPU memory budget for one "
+                                              "training step.")] = 8.0,
+) -> None:
+    """Configure training from the dataset fingerprint (spacing, patch, batch, network, normalisation)."""
+    from medpipe.datasets.plan import plan_dataset
+
+    with handled():
+        result = plan_dataset(root, out_yaml, fmt=fmt, gpu_mem_gb=gpu_mem_gb)
+    for note in result.notes:
+        out.print(f"  - {note}")
+    out.print(f"[green]plan[/]: {out_yaml} (train it with `medpipe train {out_yaml} --out RUN`)")
+
+
+@app.command("sample-data")
+def sample_data(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write kits/ and brats/ into.")],
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (same seed, same bytes).")] = 0,
+    n_ct: Annotated[int, typer.Option(min=0, help="Number of KiTS-style CT cases.")] = 12,
+    n_mri: Annotated[int, typer.Option(min=0, help="Number of BraTS-style MRI cases.")] = 10,
+) -> None:
+    """Generate the synthetic KiTS-style CT and BraTS-style MRI sample sets."""
+    from medpipe.datasets.synthetic import generate_sample_data
+
+    with handled():
+        s = generate_sample_data(out_dir, seed=seed, n_ct=n_ct, n_mri=n_mri)
+    out.print(f"wrote {len(s.files)} files ({s.total_bytes / 1e6:.1f} MB): {len(s.ct_case_ids)} CT cases in "
+              f"{s.kits_dir}, {len(s.mri_case_ids)} MRI cases in {s.brats_dir}")

@@ -1,0 +1,50 @@
+"""``medpipe info`` and ``medpipe convert``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medpipe.cli.app import app, handled, out
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="A NIfTI file or a DICOM folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What is in a NIfTI file or DICOM folder (series, size, spacing, orientation, problems)."""
+    from medpipe.cli.render import render_info
+    from medpipe.io.inspect import info as run_info
+
+    with handled():
+        result = run_info(path)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        out.print(render_info(result))
+
+
+@app.command()
+def convert(
+    dicom_dir: Annotated[Path, typer.Argument(help="DICOM folder (searched recursively).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for NIfTI + JSON sidecars.")],
+    series: Annotated[str | None, typer.Option(help="Convert only this series (number, label or UID).")] = None,
+    allow_tilt: Annotated[bool, typer.Option(help="Resample gantry-tilted stacks onto an orthogonal grid.")] = False,
+    allow_uneven: Annotated[bool, typer.Option(help="Resample uneven slice spacing to equal spacing.")] = False,
+    gzip: Annotated[bool, typer.Option("--gzip/--no-gzip", help="Write .nii.gz (default) or .nii.")] = True,
+    workers: Annotated[int | None, typer.Option(min=1, help="Decoder threads (default: CPU count).")] = None,
+) -> None:
+    """Convert DICOM series to NIfTI with a JSON sidecar of every geometry decision."""
+    from medpipe.cli.render import render_convert
+    from medpipe.io.dicom.convert import convert_dicom
+
+    with handled():
+        result = convert_dicom(dicom_dir, out_dir, series=series, allow_tilt=allow_tilt, allow_uneven=allow_uneven,
+                               compress=gzip, workers=workers)
+    out.print(render_convert(result))
+    if not result.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,39 @@
+"""``medpipe evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medpipe.cli.app import app, handled, out
+from medpipe.cli.options import load_cli_config, parse_labels, parse_tolerances
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Predicted mask, or a folder of them.")],
+    ref: Annotated[Path, typer.Argument(help="Reference mask, or a folder (matched by case name).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")],
+    preset: Annotated[str, typer.Option(help="default, brats (WT/TC/ET) or kits (HEC).")] = "default",
+    labels: Annotated[str | None, typer.Option(help='Label names, e.g. "1=kidney,2=tumor".')] = None,
+    config: Annotated[Path | None, typer.Option(help="Pipeline YAML whose label names to use.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Images (file/folder) for overlay pictures.")] = None,
+    resample: Annotated[bool, typer.Option(help="Resample predictions onto the reference grid (nearest).")] = False,
+    nsd_tol: Annotated[str | None, typer.Option(help='NSD tolerance in mm: "2" or per label "1=1.0,2=2.5".')] = None,
+    surface: Annotated[str, typer.Option(help="surfel (surface-distance, default) or voxel (MONAI).")] = "surfel",
+    lesions: Annotated[bool | None, typer.Option("--lesions/--no-lesions", help="Lesion-wise scoring.")] = None,
+) -> None:
+    """Dice, IoU, HD95, ASSD, NSD, volumes per case and label; metrics.csv, summary.json and report.html."""
+    from medpipe.cli.render import render_table
+    from medpipe.evaluation.evaluate import evaluate as run_evaluate
+
+    with handled():
+        names = parse_labels(labels) if labels else (load_cli_config(config).labels if config else None)
+        result = run_evaluate(
+            pred, ref, out_dir, labels=names, preset=preset, image=image, resample=resample, surface=surface,
+            nsd_tolerance_mm=parse_tolerances(nsd_tol) if nsd_tol else None, lesions=lesions,
+        )
+        out.print(render_table(result))
+    out.print(f"report: {out_dir / 'report.html'}")

@@ -1,0 +1,47 @@
+"""Options declared once (``Annotated``) and the small command-line mini-languages."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medpipe.errors import ConfigError
+
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu or cuda.")]
+
+
+def load_cli_config(path: Path) -> Any:
+    """The pipeline config of a YAML file (imported lazily: ``--help`` stays fast)."""
+    from medpipe.config import load_config
+
+    return load_config(path)
+
+
+def parse_labels(text: str) -> dict[int, str]:
+    """``"1=liver,2=spleen"`` (or ``"1:liver"``) -> ``{1: "liver", 2: "spleen"}``; :class:`ConfigError` if malformed."""
+    out: dict[int, str] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, name = item.replace(":", "=", 1).partition("=")
+        if not sep or not key.strip().isdigit():
+            raise ConfigError(f"bad label entry {item!r}", hint="write labels as 1=liver,2=spleen")
+        out[int(key)] = name.strip()
+    return out
+
+
+def parse_tolerances(text: str) -> float | dict[int, float]:
+    """``"2"`` -> 2.0 mm for every label; ``"1=1.0,2=2.5"`` -> per label id; :class:`ConfigError` if malformed."""
+    try:
+        if "=" not in text and ":" not in text:
+            value = float(text)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(text)
+            return value
+        out = {int(k): float(v) for k, _, v in (s.replace(":", "=").partition("=") for s in text.split(","))}
+    except ValueError as err:
+        raise ConfigError(f"bad NSD tolerance {text!r}", hint="write 2.0 or 1=1.0,2=2.5 (mm)") from err
+    if any(not math.isfinite(v) or v < 0 for v in out.values()):
+        raise ConfigError(f"NSD tolerances must be finite and >= 0, got {text!r}")
+    return out

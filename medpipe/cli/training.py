@@ -1,0 +1,67 @@
+"""``medpipe train`` and ``medpipe run``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medpipe.cli.app import app, err_console, handled, out
+from medpipe.cli.options import Device, load_cli_config
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML (pipelines/*.yaml).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder for checkpoints and logs.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (overrides data.root).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Overrides training.epochs.")] = None,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last.pt.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Resume even if config or data changed.")] = False,
+    fold: Annotated[int | None, typer.Option("--fold", help="Cross-validation fold (overrides data.fold; -1: "
+                                             "hold-out split).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="Dataset layout (overrides data.format): auto, "
+                                            "kits, brats2023, brats2021, msd, nnunet, list.")] = None,
+) -> None:
+    """Train a segmentation model; writes best.pt / last.pt, metrics.csv and a training curve.
+
+    Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node=N -m medpipe.cli train ...``."""
+    from medpipe.cli.render import TrainProgress
+    from medpipe.training.run import train as run_train
+
+    with handled():
+        cfg = load_cli_config(config)
+        with TrainProgress(err_console) as progress:
+            result = run_train(cfg, out_dir, data_root=data, epochs=epochs, device=device, resume=resume,
+                               force=force, fold=fold, fmt=fmt, on_event=progress.update)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
+    out.print(f"[green]done[/]: best mean validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
+              f"checkpoints in {result.run_dir}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML (pipelines/*.yaml).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for model/, predictions/ and report/.")],
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (overrides data.root).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Overrides training.epochs.")] = None,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training run.")] = False,
+) -> None:
+    """The whole job: train, segment the held-out cases on their original grids, and score them."""
+    from medpipe.cli.render import TrainProgress, render_infer, render_table
+    from medpipe.pipeline import run_pipeline
+
+    with handled():
+        cfg = load_cli_config(config)
+        with TrainProgress(err_console) as progress:
+            result = run_pipeline(cfg, out_dir, data_root=data, epochs=epochs, device=device, resume=resume,
+                                  on_train=progress.update, on_case=progress.on_case)
+        render_infer(out, result.infer)
+        out.print(render_table(result.evaluation))
+    out.print(f"[green]done[/]: model in {out_dir / 'model'}, masks in {out_dir / 'predictions'}, "
+              f"report in {out_dir / 'report' / 'report.html'}")

@@ -116,7 +116,8 @@ def medpipe_cmd(folder: Path, out: Path, gz: bool) -> list[str]:
 
 
 def _convert_py(folder: Path, out: Path, gz: bool) -> str:
-    return f"from medpipe.io.dicom.convert import convert_dicom; convert_dicom({str(folder)!r}, {str(out)!r}, compress={gz})"
+    call = f"convert_dicom({str(folder)!r}, {str(out)!r}, compress={gz})"
+    return f"from medpipe.io.dicom.convert import convert_dicom; {call}"
 
 
 def dcm2niix_cmd(folder: Path, out: Path, gz: bool) -> list[str]:

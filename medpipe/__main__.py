@@ -1,5 +1,5 @@
-"""``python -m medpipe`` is the ``medpipe`` command."""
+"""``python -m medpipe``."""
 
-from medpipe.cli.app import main
+from medpipe.cli import main
 
 main()

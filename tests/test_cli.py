@@ -240,7 +240,8 @@ def test_one_bad_case_in_a_batch_does_not_stop_the_others(trained: Path, kits: P
     ("transform", "fragment"),
     [
         (lambda hu: (hu - hu.min()) / (hu.max() - hu.min()), "span less than 20 units"),  # min-max normalised
-        (lambda hu: hu + 1024.0, "nothing is below 0"),  # stored values, rescale intercept lost
+        (lambda hu: hu + 1024.0, "nothing is at or below"),  # stored values, rescale intercept lost
+        (lambda hu: np.round(255 * (hu - hu.min()) / (hu.max() - hu.min())), "0..255"),  # uint8 display range
     ],
 )
 def test_ct_model_refuses_inputs_that_are_not_hu(trained: Path, kits: Path, tmp_path: Path, transform,

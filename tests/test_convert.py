@@ -10,7 +10,9 @@ import pytest
 
 from medpipe.errors import DicomError
 from medpipe.io.dicom import read_dicom_volume
-from medpipe.io.dicom.convert import convert_dicom, output_stem
+from medpipe.io.dicom.convert import convert_dicom
+from medpipe.io.dicom.naming import output_stem
+from medpipe.io.dicom.options import DicomOptions
 from tests.dicom_factory import write_series
 
 
@@ -48,7 +50,7 @@ def test_several_series_all_converted_or_one_picked(tmp_path):
     write_series(tmp_path / "in" / "b", series_number=12, description="lung", orientation="coronal", seed=1)
     result = convert_dicom(tmp_path / "in", tmp_path / "all")
     assert [w.nifti.name for w in result.written] == ["series3_soft.nii.gz", "series12_lung.nii.gz"]
-    picked = convert_dicom(tmp_path / "in", tmp_path / "one", series=12)
+    picked = convert_dicom(tmp_path / "in", tmp_path / "one", DicomOptions(series=12))
     assert [w.label for w in picked.written] == ["12"]
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["series12_lung.json", "series12_lung.nii.gz"]
 
@@ -76,7 +78,7 @@ def test_repairs_are_recorded_in_the_sidecar(tmp_path):
     series = write_series(tmp_path / "in", tilt_mm_per_slice=0.8, dz_list=[2.5, 2.5, 2.5, 5.0, 2.5, 2.5, 2.5])
     with pytest.raises(DicomError, match="--allow-tilt --allow-uneven"):
         convert_dicom(series.folder, tmp_path / "out")
-    (out,) = convert_dicom(series.folder, tmp_path / "out", allow_tilt=True, allow_uneven=True).written
+    (out,) = convert_dicom(series.folder, tmp_path / "out", DicomOptions(allow_tilt=True, allow_uneven=True)).written
     sidecar = json.loads(out.sidecar.read_text())
     assert [r["repair"] for r in sidecar["repairs"]] == ["detilt", "equalise"]
     assert "gantry tilt" in sidecar["repairs"][0]["reason"]

@@ -5,7 +5,12 @@ the order ``medpipe --help`` lists them.
 """
 # ruff: noqa: I001  (registration order is the order of the help listing)
 
-from medpipe.cli.app import app, main
+from medpipe.cli.app import app
 from medpipe.cli import training, inference, evaluation, datasets, dicom
 
 __all__ = ["app", "datasets", "dicom", "evaluation", "inference", "main", "training"]
+
+
+def main() -> None:
+    """Console-script entry point (``medpipe``)."""
+    app()

@@ -1,5 +1,5 @@
 """``python -m medpipe.cli`` (as torchrun runs it)."""
 
-from medpipe.cli.app import main
+from medpipe.cli import main
 
 main()

@@ -52,10 +52,3 @@ def handled() -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
-
-
-def main() -> None:
-    """Console-script entry point."""
-    import medpipe.cli  # noqa: F401  (registers every command group on ``app``)
-
-    app()

@@ -41,10 +41,11 @@ def convert(
     """Convert DICOM series to NIfTI with a JSON sidecar of every geometry decision."""
     from medpipe.cli.render import render_convert
     from medpipe.io.dicom.convert import convert_dicom
+    from medpipe.io.dicom.options import DicomOptions
 
     with handled():
-        result = convert_dicom(dicom_dir, out_dir, series=series, allow_tilt=allow_tilt, allow_uneven=allow_uneven,
-                               compress=gzip, workers=workers)
+        result = convert_dicom(dicom_dir, out_dir, DicomOptions(series, allow_tilt, allow_uneven, workers),
+                               compress=gzip)
     out.print(render_convert(result))
     if not result.ok:
         raise typer.Exit(1)

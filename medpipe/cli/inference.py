@@ -29,12 +29,13 @@ def infer(
     """Segment scans; masks land exactly on each input's grid."""
     from medpipe.cli.render import case_progress, render_infer
     from medpipe.inference.batch import infer as run_infer
+    from medpipe.io.dicom.options import DicomOptions
 
-    dicom_options = {"series": series, "allow_tilt": allow_tilt, "allow_uneven": allow_uneven}
     with handled():
         with case_progress(err_console, "segmenting") as on_case:
             result = run_infer(run, inputs, out_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
-                               overwrite=overwrite, dicom_options=dicom_options, allow_non_hu=allow_non_hu,
+                               overwrite=overwrite, dicom_options=DicomOptions(series, allow_tilt, allow_uneven),
+                               allow_non_hu=allow_non_hu,
                                on_case=on_case)
         render_infer(out, result)
         if len(result.cases) == 1 and result.n_failed:

@@ -1,8 +1,8 @@
 """Datasets: layouts (MSD, nnU-Net raw, BraTS 2021/2023, KiTS, CSV/JSON lists) -> cases; integrity checks and
 fingerprint; splits and cross-validation folds."""
 
-from medpipe.datasets.check import CaseFacts, CheckReport, check_dataset, preflight, save_fingerprint
-from medpipe.datasets.fingerprint import data_identity
+from medpipe.datasets.check import CheckReport, check_dataset, preflight, save_fingerprint
+from medpipe.datasets.fingerprint import CaseFacts, data_identity
 from medpipe.datasets.layouts import (
     BRATS2021_CHANNELS,
     BRATS2023_CHANNELS,

@@ -14,56 +14,25 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
+from medpipe.datasets.fingerprint import CaseFacts, build_fingerprint
 from medpipe.datasets.layouts import Case, Dataset, Issue, discover, raise_for
 from medpipe.errors import InputError
 from medpipe.io.atomic import write_json_atomic
 from medpipe.io.geometry import Grid, describe_mismatch, grids_match
 from medpipe.io.nifti import NiftiInfo, inspect_nifti, load_label, load_nifti
 
-FINGERPRINT_FORMAT = "medpipe-fingerprint/1"
 #: Foreground voxels sampled per case and channel for intensity statistics (nnU-Net samples 10 000).
 FG_SAMPLES_PER_CASE = 10_000
 #: A case whose spacing along an axis differs from the dataset median by more than this factor is an outlier.
 SPACING_OUTLIER_FACTOR = 2.0
 #: Image/label affines may differ by this much (mm) before the grids are said to disagree.
 LABEL_GRID_TOL_MM = 1e-3
-
-
-@dataclass
-class CaseFacts:
-    """What one case holds: shape and spacing (mm) along the RAS axes (the network's axes after reorientation,
-    whatever the file's voxel order), the file's orientation, label voxel counts, an image hash and a sample of
-    foreground intensities per channel."""
-
-    case_id: str
-    shape: tuple[int, int, int]
-    spacing_mm: tuple[float, float, float]
-    orientation: str
-    n_channels: int
-    label_counts: dict[int, int] = field(default_factory=dict)
-    image_sha256: str = ""
-    fg_samples: list[np.ndarray] = field(default_factory=list)
-
-    @classmethod
-    def from_grid(cls, case_id: str, grid: Grid, n_channels: int) -> CaseFacts:
-        axes = nib.io_orientation(grid.affine)[:, 0].astype(int)  # world axis of each array axis
-        shape, spacing = [0, 0, 0], [0.0, 0.0, 0.0]
-        for i, w in enumerate(axes):
-            shape[w], spacing[w] = grid.shape[i], grid.spacing_mm[i]
-        return cls(case_id, (shape[0], shape[1], shape[2]), (spacing[0], spacing[1], spacing[2]), grid.orientation,
-                   n_channels)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"case_id": self.case_id, "shape_ras": list(self.shape),
-                "spacing_ras_mm": [round(s, 5) for s in self.spacing_mm], "orientation": self.orientation,
-                "label_voxels": {str(k): v for k, v in self.label_counts.items()}}
 
 
 @dataclass(frozen=True)
@@ -241,8 +210,6 @@ def check_dataset(root: str | Path, fmt: str = "auto", *, labels: dict[int, str]
                   on_case: Callable[[str, int, int], None] | None = None) -> CheckReport:
     """Integrity report and fingerprint of a dataset. ``labels``/``channels`` (e.g. from a pipeline config)
     override what the layout declares."""
-    from medpipe.datasets.fingerprint import build_fingerprint
-
     ds = discover(root, fmt)
     label_map = labels if labels is not None else ds.labels
     names = channels if channels is not None else ds.channel_names

@@ -9,17 +9,50 @@ the whole file. Renaming or moving the dataset folder keeps the identity; editin
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
-from medpipe.datasets.check import FINGERPRINT_FORMAT, CaseFacts
 from medpipe.datasets.layouts import Case, Dataset, Issue
 from medpipe.errors import DatasetError
+from medpipe.io.geometry import Grid
 from medpipe.runtime import sha256_file
 
+FINGERPRINT_FORMAT = "medpipe-fingerprint/1"
 PERCENTILES = (0.5, 50.0, 99.5)
+
+
+@dataclass
+class CaseFacts:
+    """What one case holds: shape and spacing (mm) along the RAS axes (the network's axes after reorientation,
+    whatever the file's voxel order), the file's orientation, label voxel counts, an image hash and a sample of
+    foreground intensities per channel."""
+
+    case_id: str
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+    n_channels: int
+    label_counts: dict[int, int] = field(default_factory=dict)
+    image_sha256: str = ""
+    fg_samples: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def from_grid(cls, case_id: str, grid: Grid, n_channels: int) -> CaseFacts:
+        axes = nib.io_orientation(grid.affine)[:, 0].astype(int)  # world axis of each array axis
+        shape, spacing = [0, 0, 0], [0.0, 0.0, 0.0]
+        for i, w in enumerate(axes):
+            shape[w], spacing[w] = grid.shape[i], grid.spacing_mm[i]
+        return cls(case_id, (shape[0], shape[1], shape[2]), (spacing[0], spacing[1], spacing[2]), grid.orientation,
+                   n_channels)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case_id": self.case_id, "shape_ras": list(self.shape),
+                "spacing_ras_mm": [round(s, 5) for s in self.spacing_mm], "orientation": self.orientation,
+                "label_voxels": {str(k): v for k, v in self.label_counts.items()}}
 
 
 def _file_digest(path: Path) -> str:

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from medpipe.errors import InputError, MedpipeError
 from medpipe.inference.export import write_mask
@@ -19,6 +18,7 @@ from medpipe.inference.inputs import InputCase, collect_inputs, ct_intensity_che
 from medpipe.inference.predictor import Predictor, find_checkpoint
 from medpipe.inference.sidecar import already_done, build_sidecar
 from medpipe.io.atomic import ensure_writable_dir, write_json_atomic
+from medpipe.io.dicom.options import DicomOptions
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class InferResult:
 
 
 def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto", overlap: float | None = None,
-          sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: dict[str, Any] | None = None,
+          sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: DicomOptions | None = None,
           allow_non_hu: bool = False,
           on_case: Callable[[CaseResult, int, int], None] | None = None) -> InferResult:
     """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``).
@@ -67,7 +67,7 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
 
 
 def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool = False,
-             dicom_options: dict[str, Any] | None = None, allow_non_hu: bool = False,
+             dicom_options: DicomOptions | None = None, allow_non_hu: bool = False,
              reserved: set[str] | None = None) -> CaseResult:
     """Segment one case into ``out_dir`` (mask + sidecar, each written atomically). Never raises a MedpipeError:
     a bad case comes back as ``status="failed"`` with the reason. ``reserved``: case ids already written by this

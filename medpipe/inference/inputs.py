@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from medpipe.errors import InputError
+from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.geometry import Grid, require_same_grid
+from medpipe.io.intensity import check_ct_hu
 from medpipe.io.nifti import case_id_from_path, is_nifti_path, load_nifti
 from medpipe.runtime import sha256_files
 
@@ -109,10 +111,10 @@ def _group_channels(files: list[Path], channels: tuple[str, ...]) -> list[InputC
     return out
 
 
-def load_case(case: InputCase, n_channels: int, dicom_options: dict[str, Any] | None = None) -> LoadedCase:
+def load_case(case: InputCase, n_channels: int, dicom_options: DicomOptions | None = None) -> LoadedCase:
     """Read and validate one case."""
     if case.dicom_dir is not None:
-        return _load_dicom(case, n_channels, dicom_options or {})
+        return _load_dicom(case, n_channels, dicom_options or DicomOptions())
     arrays, grid = [], None
     for f in case.files:
         data, info = load_nifti(f, allow_4d=n_channels > 1 and len(case.files) == 1)
@@ -131,45 +133,33 @@ def load_case(case: InputCase, n_channels: int, dicom_options: dict[str, Any] | 
 
 
 def ct_intensity_check(case: LoadedCase, *, strict: bool = True) -> dict[str, Any]:
-    """Does a case given to a CT model look like CT in Hounsfield units? Returns the statistics it judged by.
-
-    Refused (``strict``) when the 1st-99th percentile span is under 20 units (normalised or min-max rescaled
-    data) or when nothing is below 0 while the 99th percentile is above 300 (air and fat missing: stored values
-    without the rescale intercept). A crop that truly lies inside soft tissue and bone can pass ``strict=False``.
-    """
-    sample = case.array[0, ::2, ::2, ::2]
-    p1, p99 = (float(v) for v in np.percentile(sample, [1, 99]))
-    lo = float(case.array[0].min())
-    stats = {"p1": round(p1, 1), "p99": round(p99, 1), "min": round(lo, 1), "looks_like_hu": True}
-    problem = None
-    if p99 - p1 < 20:
-        problem = "its values span less than 20 units, as normalised or rescaled data do"
-    elif lo >= 0 and p99 > 300:
-        problem = "nothing is below 0 (no air or fat): stored values without the rescale intercept?"
-    if problem:
-        stats["looks_like_hu"] = False
-        if strict:
-            where = case.files[0] if case.files else case.case_id
-            raise InputError(
-                f"does not look like CT in Hounsfield units (p1={p1:.1f}, p99={p99:.1f}, min={lo:.1f}): {problem}",
-                path=where, hint="the model expects HU; pass --allow-non-hu to segment it anyway",
-            )
-    return stats
+    """Does a case given to a CT model look like CT in Hounsfield units (:func:`medpipe.io.intensity.check_ct_hu`,
+    the one rule)? Returns the statistics it judged by; refuses (``strict``) when it does not."""
+    source = case.provenance.get("source") if case.provenance.get("format") == "dicom" else None
+    modality = source.get("modality") if isinstance(source, dict) else None
+    check = check_ct_hu(case.array[0], modality if isinstance(modality, str) else None)
+    if check.problem and strict:
+        where = case.files[0] if case.files else case.case_id
+        raise InputError(
+            f"does not look like CT in Hounsfield units ({check.describe()}): {check.problem}",
+            path=where, hint="the model expects HU; pass --allow-non-hu to segment it anyway",
+        )
+    return check.to_json()
 
 
-def _load_dicom(case: InputCase, n_channels: int, options: dict[str, Any]) -> LoadedCase:
+def _load_dicom(case: InputCase, n_channels: int, options: DicomOptions) -> LoadedCase:
     import hashlib
 
     from medpipe.io.dicom import read_dicom_volume
 
     folder = Path(case.dicom_dir or "")
-    vol = read_dicom_volume(folder, **options)
+    vol = read_dicom_volume(folder, options)
     if n_channels != 1:
         raise InputError(f"a DICOM series gives 1 channel, the model expects {n_channels}", path=folder)
     arr = np.asarray(vol.array, dtype=np.float32)
     grid = Grid((arr.shape[0], arr.shape[1], arr.shape[2]), np.asarray(vol.affine, dtype=float))
     digest = hashlib.sha256(arr.tobytes() + grid.affine.tobytes()).hexdigest()
-    from medpipe.io.dicom.convert import output_stem
+    from medpipe.io.dicom.naming import output_stem
 
     # Named like `medpipe convert` names it: series label + description, never patient data or folder names.
     case_id = case.case_id or output_stem(vol.label or str(vol.series_number or 0), vol.description)

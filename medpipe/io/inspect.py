@@ -14,7 +14,8 @@ from typing import Any
 import nibabel as nib
 
 from medpipe.errors import InputError
-from medpipe.io.dicom.geometry import analyse, candidate_notes, plane_name
+from medpipe.io.dicom.geometry import analyse, candidate_notes
+from medpipe.io.dicom.orientation import plane_name
 from medpipe.io.dicom.scan import VolumeCandidate, is_dicom_folder, scan_folder
 from medpipe.io.nifti import inspect_nifti, is_nifti_path
 

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, list_data_collate
 from torch.utils.data.distributed import DistributedSampler
 
 from medpipe.config import PipelineConfig
 from medpipe.datasets import Case
 from medpipe.training.distributed import DistInfo
+from medpipe.transforms import train_transforms, val_transforms
 
 
 @dataclass
@@ -35,7 +37,6 @@ class Loaders:
 
 
 def _persistent_dataset_class() -> Any:
-    from monai.data import PersistentDataset
 
     class RobustPersistentDataset(PersistentDataset):  # type: ignore[misc]
         """PersistentDataset that recomputes a cache file left truncated by a killed process (MONAI only
@@ -64,7 +65,6 @@ def cache_key(cfg: PipelineConfig, identity: str) -> str:
 
 
 def make_dataset(cfg: PipelineConfig, cases: list[Case], transform: Any, identity: str, part: str) -> Any:
-    from monai.data import CacheDataset, Dataset
 
     data = [c.as_dict() for c in cases]
     t = cfg.training
@@ -102,9 +102,7 @@ class EpochSampler(DistributedSampler):  # type: ignore[type-arg]
 def build_loaders(cfg: PipelineConfig, train_cases: list[Case], val_cases: list[Case], identity: str,
                   dist: DistInfo, device: str) -> Loaders:
     """Datasets and the training loader. Under DDP each rank validates its share ``val_cases[rank::world]``."""
-    from monai.data import DataLoader, list_data_collate
 
-    from medpipe.transforms import train_transforms, val_transforms
 
     train_tf = train_transforms(cfg)
     train_ds = make_dataset(cfg, train_cases, train_tf, identity, "train")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import torch
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss
 from torch import nn
 
 from medpipe.config import PipelineConfig
@@ -16,7 +17,6 @@ class DiceBCELoss(nn.Module):
     """Soft Dice (sigmoid, every region channel) + binary cross-entropy, for overlapping region targets."""
 
     def __init__(self) -> None:
-        from monai.losses import DiceLoss
 
         super().__init__()
         self.dice = DiceLoss(sigmoid=True, include_background=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
@@ -30,7 +30,6 @@ class SegmentationLoss(nn.Module):
     """Takes network output (a tensor, or a list of deep-supervision outputs) and the label map (B, 1, ...)."""
 
     def __init__(self, cfg: PipelineConfig, deep_supervision: bool) -> None:
-        from monai.losses import DeepSupervisionLoss, DiceCELoss
 
         super().__init__()
         self.cfg = cfg

@@ -9,6 +9,9 @@ did. The global RNG states are saved in every checkpoint all the same and restor
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import json
 import os
 import random
 from pathlib import Path
@@ -19,6 +22,7 @@ import torch
 
 from medpipe.config import PipelineConfig
 from medpipe.errors import CheckpointError
+from medpipe.models.checkpoint import load_checkpoint
 
 #: Checkpoint names in the order a resume tries them (``previous.pt`` is the one before the latest).
 RESUME_CANDIDATES = ("last.pt", "previous.pt")
@@ -59,7 +63,6 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    import ast
 
     random.setstate(ast.literal_eval(state["python"]))
     n = state["numpy"]
@@ -80,8 +83,6 @@ def resume_key(cfg: PipelineConfig) -> str:
     for section, keys in RESUMABLE_CHANGES.items():
         for key in keys:
             d[section].pop(key, None)
-    import hashlib
-    import json
 
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -125,7 +126,6 @@ def pick_checkpoint(run_dir: Path, map_location: str) -> tuple[Path, dict[str, A
     Returns (path, checkpoint, notices). Raises :class:`CheckpointError` naming each file and its problem when
     none can be loaded.
     """
-    from medpipe.models.checkpoint import load_checkpoint
 
     notices: list[str] = []
     problems: list[str] = []

@@ -17,12 +17,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.inferers import sliding_window_inference
+from torch.nn.parallel import DistributedDataParallel
 
 from medpipe.config import PipelineConfig, dump_config
+from medpipe.datasets import data_identity, load_dataset, preflight, select_split
 from medpipe.errors import CheckpointError, ConfigError, DatasetError
+from medpipe.evaluation.evaluate import score_arrays
+from medpipe.evaluation.metrics.regions import Region
 from medpipe.io.atomic import write_json_atomic, write_text_atomic
+from medpipe.labels import label_scores
+from medpipe.models.checkpoint import load_checkpoint, save_checkpoint
+from medpipe.models.factory import build_model, uses_deep_supervision
+from medpipe.training.data import build_loaders
 from medpipe.training.distributed import DistInfo, broadcast_object, gather_objects, mean_across_ranks
 from medpipe.training.events import EpochStats, TrainEvent, TrainResult
+from medpipe.training.losses import SegmentationLoss
 from medpipe.training.runlog import RunLog, read_rows
 from medpipe.training.state import (
     config_changes,
@@ -69,8 +79,6 @@ class Trainer:
 
     # ----- data ---------------------------------------------------------------------------------------------
     def setup_data(self) -> None:
-        from medpipe.datasets import data_identity, load_dataset, preflight, select_split
-        from medpipe.training.data import build_loaders
 
         cfg = self.cfg
         if not cfg.data.root:
@@ -104,20 +112,16 @@ class Trainer:
     # ----- model --------------------------------------------------------------------------------------------
     @property
     def deep_supervision(self) -> bool:
-        from medpipe.models.factory import uses_deep_supervision
 
         return uses_deep_supervision(self.cfg)
 
     def setup_model(self) -> None:
-        from medpipe.models.factory import build_model
-        from medpipe.training.losses import SegmentationLoss
 
         cfg, t = self.cfg, self.cfg.training
         seed_everything(t.seed)
         self.net = build_model(cfg).to(self.device)
         self.model: torch.nn.Module = self.net
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
 
             ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
             self.model = DistributedDataParallel(self.net, device_ids=ids)
@@ -133,7 +137,6 @@ class Trainer:
     # ----- checkpoints --------------------------------------------------------------------------------------
     def save(self, name: str, epoch: int, best: tuple[int, float]) -> None:
         """Rank 0: write a checkpoint atomically; ``last.pt`` first moves the previous one to ``previous.pt``."""
-        from medpipe.models.checkpoint import save_checkpoint
 
         if not self.dist.is_main:
             return
@@ -154,7 +157,6 @@ class Trainer:
             self.notices += notices
             chosen = path.name
         chosen = broadcast_object(chosen, self.dist)
-        from medpipe.models.checkpoint import load_checkpoint
 
         path = self.run_dir / str(chosen)
         ckpt = load_checkpoint(path, map_location=self.device)
@@ -231,7 +233,6 @@ class Trainer:
         return EpochStats(mean_across_ranks(mean, self.dist, self.device), len(losses), wait, compute)
 
     def _scored(self) -> Any:
-        from medpipe.evaluation.metrics.regions import Region
 
         if self.cfg.regions:
             return [Region(i + 1, name, tuple(v)) for i, (name, v) in enumerate(self.cfg.regions.items())]
@@ -239,10 +240,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Mean Dice per foreground label (or region) over the validation cases, in network space."""
-        from monai.inferers import sliding_window_inference
 
-        from medpipe.evaluation.evaluate import score_arrays
-        from medpipe.labels import label_scores
 
         self.net.eval()
         inf, scored = self.cfg.inference, self._scored()

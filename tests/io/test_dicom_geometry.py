@@ -7,6 +7,7 @@ import pytest
 
 from medpipe.errors import DicomError
 from medpipe.io.dicom import read_dicom_volume
+from medpipe.io.dicom.options import DicomOptions
 from tests.dicom_factory import oblique_iop, sitk_sorted_files, sitk_volume, write_series
 
 
@@ -73,7 +74,7 @@ def test_missing_slice_is_refused_with_numbers(tmp_path):
 
 def test_missing_slice_repair_interpolates_and_records(tmp_path):
     series = write_series(tmp_path / "gap", drop=(4,))
-    vol = read_dicom_volume(series.folder, allow_uneven=True)
+    vol = read_dicom_volume(series.folder, DicomOptions(allow_uneven=True))
     assert vol.array.shape == (16, 12, 8)
     np.testing.assert_allclose(np.linalg.norm(vol.affine[:3, 2]), 2.5, atol=1e-6)
     # the missing slice 4 is the mean of slices 3 and 5; every kept slice is unchanged
@@ -91,7 +92,7 @@ def test_uneven_spacing_refused_then_equalised(tmp_path):
         read_dicom_volume(series.folder)
     assert "uneven slice spacing: gap of 4.0 mm between slices 5 and 6" in str(err.value)
     assert "expected 2.5 mm (3 of 7 gaps differ)" in str(err.value)
-    vol = read_dicom_volume(series.folder, allow_uneven=True)
+    vol = read_dicom_volume(series.folder, DicomOptions(allow_uneven=True))
     # smallest gap 2.5 mm over 22 mm -> 10 slices of 22/9 mm; the last slice keeps its world position
     assert vol.array.shape[2] == 10
     np.testing.assert_allclose(np.linalg.norm(vol.affine[:3, 2]), 22 / 9, atol=1e-6)
@@ -123,7 +124,7 @@ def test_gantry_tilt_refused_with_angle(tmp_path):
 def test_gantry_tilt_repair_lands_each_pixel_at_its_world_position(tmp_path):
     # each slice moves one row (0.8 mm) along the column direction: an exact, interpolation-free shift
     series = write_series(tmp_path / "tilt", tilt_mm_per_slice=0.8)
-    vol = read_dicom_volume(series.folder, allow_tilt=True)
+    vol = read_dicom_volume(series.folder, DicomOptions(allow_tilt=True))
     assert vol.array.shape == (16, 12 + 7, 8)
     axes = vol.affine[:3, :3] / np.linalg.norm(vol.affine[:3, :3], axis=0)
     np.testing.assert_allclose(axes.T @ axes, np.eye(3), atol=1e-6)  # orthogonal grid
@@ -146,7 +147,7 @@ def test_fractional_tilt_is_interpolated_linearly(tmp_path):
         return np.tile(10 * np.arange(12)[:, None], (1, 16))  # value = 10 * row
 
     series = write_series(tmp_path / "tilt", tilt_mm_per_slice=0.4, values=ramp, n_slices=4)
-    vol = read_dicom_volume(series.folder, allow_tilt=True)
+    vol = read_dicom_volume(series.folder, DicomOptions(allow_tilt=True))
     # slice 1 is shifted by half a row: inside the image the ramp is sampled half-way between rows
     k1 = vol.array[:, :, 1]
     inner = k1[:, 2:10]
@@ -157,9 +158,9 @@ def test_fractional_tilt_is_interpolated_linearly(tmp_path):
 def test_tilt_and_uneven_need_both_flags(tmp_path):
     series = write_series(tmp_path / "both", tilt_mm_per_slice=0.8, drop=(5,))
     with pytest.raises(DicomError) as err:
-        read_dicom_volume(series.folder, allow_tilt=True)
+        read_dicom_volume(series.folder, DicomOptions(allow_tilt=True))
     assert "missing slice" in str(err.value) and "gantry tilt" not in str(err.value)
-    vol = read_dicom_volume(series.folder, allow_tilt=True, allow_uneven=True)
+    vol = read_dicom_volume(series.folder, DicomOptions(allow_tilt=True, allow_uneven=True))
     assert [r["repair"] for r in vol.provenance["repairs"]] == ["detilt", "equalise"]
 
 
@@ -214,10 +215,10 @@ def test_rows_columns_changing_between_slices(tmp_path):
         read_dicom_volume(series.folder)
     text = str(err.value)
     assert "2 volumes" in text and "10x10" in text and "mixed orientations or image sizes" in text
-    vol = read_dicom_volume(series.folder, series="3-1")
+    vol = read_dicom_volume(series.folder, DicomOptions(series="3-1"))
     np.testing.assert_array_equal(vol.array, series.expected_array())
     with pytest.raises(DicomError, match="only 1 image"):
-        read_dicom_volume(series.folder, series="3-2")
+        read_dicom_volume(series.folder, DicomOptions(series="3-2"))
 
 
 def test_untagged_localizer_in_series_is_not_stacked(tmp_path):
@@ -225,5 +226,5 @@ def test_untagged_localizer_in_series_is_not_stacked(tmp_path):
     write_series(tmp_path / "loc", n_slices=1, orientation="sagittal", series_uid=series.series_uid, seed=4)
     with pytest.raises(DicomError, match="folder holds 2 volumes"):
         read_dicom_volume(series.folder)
-    vol = read_dicom_volume(series.folder, series="3-1")
+    vol = read_dicom_volume(series.folder, DicomOptions(series="3-1"))
     np.testing.assert_array_equal(vol.array, series.expected_array())

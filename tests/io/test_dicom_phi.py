@@ -15,6 +15,7 @@ from medpipe.cli.render import render_info
 from medpipe.errors import DicomError
 from medpipe.io.dicom import read_dicom_volume
 from medpipe.io.dicom.convert import convert_dicom
+from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.inspect import info
 from tests.dicom_factory import write_series
 
@@ -59,20 +60,20 @@ def test_sentinel_in_subfolders_and_patient_fields_never_leaks(tmp_path, caplog)
         warnings.simplefilter("always")
         result = convert_dicom(root, out)
         info_result = info(root)
-        volume = read_dicom_volume(root, series=3)
+        volume = read_dicom_volume(root, DicomOptions(series=3))
         errors = []
         for call in (
             lambda: read_dicom_volume(root),
-            lambda: read_dicom_volume(root, series=4),
-            lambda: read_dicom_volume(root, series=9),
-            lambda: convert_dicom(root, tmp_path / "out2", series=4),
+            lambda: read_dicom_volume(root, DicomOptions(series=4)),
+            lambda: read_dicom_volume(root, DicomOptions(series=9)),
+            lambda: convert_dicom(root, tmp_path / "out2", DicomOptions(series=4)),
         ):
             with pytest.raises(DicomError) as err:
                 call()
             errors.append(str(err.value))
     good.files[0].write_bytes(good.files[0].read_bytes()[:-50])
     with pytest.raises(DicomError) as err:
-        read_dicom_volume(root, series=3)
+        read_dicom_volume(root, DicomOptions(series=3))
     errors.append(str(err.value))
     assert [w.nifti.name for w in result.written] == ["series3_body.nii.gz"]
     assert len(result.failed) == 1

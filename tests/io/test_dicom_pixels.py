@@ -22,6 +22,7 @@ from pydicom.uid import (
 
 from medpipe.errors import DicomError
 from medpipe.io.dicom import read_dicom_volume
+from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.inspect import info
 from tests.dicom_factory import pattern, save, write_enhanced, write_series
 
@@ -221,8 +222,8 @@ def test_jpeg2000_threads_and_both_decoders_agree(tmp_path):
     from medpipe.io.dicom.decode import decode_frames
 
     series = write_series(tmp_path / "s", transfer_syntax=JPEG2000Lossless, intercept=-1024.0)
-    serial = read_dicom_volume(series.folder, workers=1)
-    threaded = read_dicom_volume(series.folder, workers=3)
+    serial = read_dicom_volume(series.folder, DicomOptions(workers=1))
+    threaded = read_dicom_volume(series.folder, DicomOptions(workers=3))
     np.testing.assert_array_equal(serial.array, series.expected_array())
     np.testing.assert_array_equal(threaded.array, serial.array)
     (cand,) = scan_folder(series.folder).candidates

@@ -13,6 +13,7 @@ import pytest
 from medpipe.errors import DicomError
 from medpipe.io.dicom import analyse, read_dicom_volume, scan_folder
 from medpipe.io.dicom.convert import convert_dicom
+from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.dicom.pixels import read_stack
 from medpipe.io.geometry import Grid, grid_of, grids_match
 from tests.dicom_factory import sitk_sorted_files, sitk_volume
@@ -87,7 +88,7 @@ def test_gantry_tilt_ct_plain_stack_matches_simpleitk_and_dcm2niix_positions():
 def test_gantry_tilt_ct_repaired_matches_dcm2niix_tilt_and_equalise():
     folder = _need("ct-head-gantry-tilt-ge", "series")
     ref = nib.load(_need("ct-head-gantry-tilt-ge", "ref", "_2_Tilt_Eq_1.nii.gz"))
-    vol = read_dicom_volume(folder, allow_tilt=True, allow_uneven=True)
+    vol = read_dicom_volume(folder, DicomOptions(allow_tilt=True, allow_uneven=True))
     assert vol.array.shape == ref.shape == (512, 611, 56)
     mine, mine_affine = _canonical(vol.array, vol.affine)
     theirs, theirs_affine = _canonical(np.asanyarray(ref.dataobj).astype(np.float32), ref.affine)
@@ -151,7 +152,7 @@ def test_bad_folders_are_refused_with_reasons(case, expected):
 
 
 def test_bad_tilt_folder_can_be_repaired_on_request():
-    vol = read_dicom_volume(_need("bad", "gantrytilting"), allow_tilt=True)
+    vol = read_dicom_volume(_need("bad", "gantrytilting"), DicomOptions(allow_tilt=True))
     axes = vol.affine[:3, :3] / np.linalg.norm(vol.affine[:3, :3], axis=0)
     np.testing.assert_allclose(axes.T @ axes, np.eye(3), atol=1e-6)
     assert vol.provenance["repairs"][0]["tilt_deg"] == pytest.approx(14.0, abs=0.1)

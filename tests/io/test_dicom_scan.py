@@ -12,6 +12,7 @@ from pydicom.data import get_testdata_file
 
 from medpipe.errors import DicomError
 from medpipe.io.dicom import is_dicom_folder, read_dicom_volume, scan_folder
+from medpipe.io.dicom.options import DicomOptions
 from tests.dicom_factory import base_dataset, write_series
 
 
@@ -95,11 +96,12 @@ def test_two_series_are_listed_never_silently_first(tmp_path):
     assert str(folder) in text and "folder holds 2 volumes" in text
     assert "series 3 'soft tissue'" in text and "series 4 'bone'" in text
     assert "8 images" in text and "sagittal" in text and "--series" in text
-    np.testing.assert_array_equal(read_dicom_volume(folder, series=3).array, a.expected_array())
-    np.testing.assert_array_equal(read_dicom_volume(folder, series="4").array, b.expected_array())
-    np.testing.assert_array_equal(read_dicom_volume(folder, series=b.series_uid).array, b.expected_array())
+    np.testing.assert_array_equal(read_dicom_volume(folder, DicomOptions(series=3)).array, a.expected_array())
+    np.testing.assert_array_equal(read_dicom_volume(folder, DicomOptions(series="4")).array, b.expected_array())
+    by_uid = read_dicom_volume(folder, DicomOptions(series=b.series_uid))
+    np.testing.assert_array_equal(by_uid.array, b.expected_array())
     with pytest.raises(DicomError, match="no series 5; the folder holds"):
-        read_dicom_volume(folder, series=5)
+        read_dicom_volume(folder, DicomOptions(series=5))
 
 
 def test_echoes_split_into_volumes(tmp_path):
@@ -113,10 +115,10 @@ def test_echoes_split_into_volumes(tmp_path):
     scan = scan_folder(tmp_path / "in")
     assert [c.label for c in scan.candidates] == ["3-1", "3-2"]
     assert [c.split for c in scan.candidates] == [{"echo": "1"}, {"echo": "2"}]
-    vol = read_dicom_volume(tmp_path / "in", series="3-2")
+    vol = read_dicom_volume(tmp_path / "in", DicomOptions(series="3-2"))
     assert vol.provenance["source"]["split_by"] == {"echo": "2"}
     with pytest.raises(DicomError, match="series 3 holds 2 volumes"):
-        read_dicom_volume(tmp_path / "in", series=3)
+        read_dicom_volume(tmp_path / "in", DicomOptions(series=3))
 
 
 def test_acquisition_number_splits_only_to_resolve_duplicates(tmp_path):

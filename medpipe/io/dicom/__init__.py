@@ -8,8 +8,9 @@ applies the modality LUT. See docs/dicom.md.
 
 from __future__ import annotations
 
-from medpipe.io.dicom.geometry import Problem, StackGeometry, analyse, plane_name
+from medpipe.io.dicom.geometry import Problem, StackGeometry, analyse
 from medpipe.io.dicom.headers import Frame
+from medpipe.io.dicom.orientation import plane_name
 from medpipe.io.dicom.scan import ScanResult, VolumeCandidate, is_dicom_folder, scan_folder, select_candidate
 from medpipe.io.dicom.volume import DicomVolume, load_candidate, read_dicom_volume
 

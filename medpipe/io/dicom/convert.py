@@ -8,7 +8,6 @@ against the volume's before it is renamed into place (the geometry contract).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +17,8 @@ import numpy as np
 
 from medpipe.errors import DicomError
 from medpipe.io.atomic import atomic_path, ensure_writable_dir, write_json_atomic
+from medpipe.io.dicom.naming import output_stem
+from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.dicom.scan import scan_folder, select_candidate
 from medpipe.io.dicom.volume import DicomVolume, load_candidate
 from medpipe.io.geometry import check_on_grid, grid_of, require_same_grid
@@ -85,13 +86,6 @@ class ConvertResult:
         }
 
 
-def output_stem(label: str, description: str) -> str:
-    """``series3_t1_fl2d_sag``: the series label and a file-name-safe description (at most 60 characters)."""
-    slug = re.sub(r"[^A-Za-z0-9-]+", "_", description).strip("_")[:60].strip("_")
-    safe_label = re.sub(r"[^A-Za-z0-9-]+", "_", label)
-    return f"series{safe_label}_{slug}" if slug else f"series{safe_label}"
-
-
 def _storage(volume: DicomVolume) -> tuple[np.ndarray, str]:
     """The array to write: int16/uint16/int32 when every value is an integer that fits, else float32."""
     data = volume.array
@@ -135,29 +129,28 @@ def _sidecar(volume: DicomVolume, dtype: str, nifti_name: str) -> dict[str, Any]
 def convert_dicom(
     folder: str | Path,
     out_dir: str | Path,
+    options: DicomOptions | None = None,
     *,
-    series: int | str | None = None,
-    allow_tilt: bool = False,
-    allow_uneven: bool = False,
     compress: bool = True,
-    workers: int | None = None,
 ) -> ConvertResult:
     """Convert the volumes of a DICOM folder to NIfTI (``.nii.gz``, or ``.nii`` when ``compress`` is False).
 
-    With ``series`` (SeriesNumber, label or SeriesInstanceUID) only that volume is converted and any problem
+    With ``options.series`` (SeriesNumber, label or SeriesInstanceUID) only that volume is converted and any problem
     raises :class:`DicomError`. Without it every volume is converted; one that fails its checks is listed in
     ``failed`` and the others are still written. Raises when nothing could be converted.
     """
     folder = Path(folder)
     out = ensure_writable_dir(out_dir)
+    options = options or DicomOptions()
     scan = scan_folder(folder)
-    cands = [select_candidate(scan, series)] if series is not None or len(scan.candidates) <= 1 else scan.candidates
+    one = options.series is not None or len(scan.candidates) <= 1
+    cands = [select_candidate(scan, options.series)] if one else scan.candidates
     written: list[ConvertedVolume] = []
     failed: list[FailedVolume] = []
     suffix = ".nii.gz" if compress else ".nii"
     for cand in cands:
         try:
-            volume = load_candidate(scan, cand, allow_tilt=allow_tilt, allow_uneven=allow_uneven, workers=workers)
+            volume = load_candidate(scan, cand, options)
         except DicomError as err:
             if len(cands) == 1:
                 raise

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydicom import uid as dicom_uid
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from medpipe.errors import DicomError
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from medpipe.io.dicom.pixels import PixelFormat
 
 #: JPEG 2000 (lossless only, and lossy) transfer syntaxes decoded by imagecodecs when it is installed.
-J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
+J2K_SYNTAXES = {dicom_uid.JPEG2000Lossless, dicom_uid.JPEG2000}
 _ERRORS = (
     RuntimeError,
     ValueError,

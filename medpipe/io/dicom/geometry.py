@@ -90,20 +90,6 @@ def lps_affine_to_ras(
     return LPS_TO_RAS @ lps
 
 
-def plane_name(iop: tuple[float, ...] | None) -> str:
-    """``axial``, ``coronal``, ``sagittal`` or ``oblique`` from the slice normal (``no orientation``)."""
-    if iop is None:
-        return "no orientation"
-    normal = np.cross(iop[:3], iop[3:])
-    size = float(np.linalg.norm(normal))
-    if size < 1e-6:
-        return "invalid orientation"
-    normal = np.abs(normal / size)
-    axis = int(np.argmax(normal))
-    name = ("sagittal", "coronal", "axial")[axis]
-    return name if normal[axis] > 0.99 else f"oblique ({name})"
-
-
 def mm(value: float) -> str:
     """A length for messages: up to 3 decimals, at least one (``10.0``, ``1.081``)."""
     text = f"{value:.3f}".rstrip("0")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
@@ -37,7 +38,7 @@ HEADER_ERRORS = (
     OverflowError,
 )
 
-DEFLATED = "1.2.840.10008.1.2.1.99"
+DEFLATED = dicom_uid.DeflatedExplicitVRLittleEndian
 
 #: The only attributes parsed from each header (the scan's speed depends on it; nothing else is read).
 HEADER_TAGS = [
@@ -78,15 +79,18 @@ HEADER_TAGS = [
 
 #: SOP classes that hold CT/MR/PET volumes.
 VOLUME_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image",
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image",
-    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image",
-    "1.2.840.10008.5.1.4.1.1.4": "MR Image",
-    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image",
-    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image",
-    "1.2.840.10008.5.1.4.1.1.128": "PET Image",
-    "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET Image",
-    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image",
+    sop: sop.name.removesuffix(" Storage")
+    for sop in (
+        dicom_uid.CTImageStorage,
+        dicom_uid.EnhancedCTImageStorage,
+        dicom_uid.LegacyConvertedEnhancedCTImageStorage,
+        dicom_uid.MRImageStorage,
+        dicom_uid.EnhancedMRImageStorage,
+        dicom_uid.LegacyConvertedEnhancedMRImageStorage,
+        dicom_uid.PositronEmissionTomographyImageStorage,
+        dicom_uid.LegacyConvertedEnhancedPETImageStorage,
+        dicom_uid.EnhancedPETImageStorage,
+    )
 }
 
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
@@ -184,25 +188,26 @@ def _sop_class(ds: Dataset) -> str:
 
 def skip_reason(ds: Dataset) -> str | None:
     """Why a parsed DICOM object is not part of any volume (None when it may be)."""
-    uid = _sop_class(ds)
-    if uid == "1.2.840.10008.1.3.10":
+    sop = UID(_sop_class(ds))
+    keyword = sop.keyword if sop else ""
+    if sop == dicom_uid.MediaStorageDirectoryStorage:
         return "DICOMDIR"
-    if uid.startswith("1.2.840.10008.5.1.4.1.1.88."):
+    if keyword.endswith("SRStorage") or sop == dicom_uid.KeyObjectSelectionDocumentStorage:
         return "structured report (SR) or key object"
-    if uid == "1.2.840.10008.5.1.4.1.1.66.4":
+    if sop == dicom_uid.SegmentationStorage:
         return "segmentation (SEG)"
-    if uid == "1.2.840.10008.5.1.4.1.1.481.3":
+    if sop == dicom_uid.RTStructureSetStorage:
         return "RT structure set (RTSTRUCT)"
-    if uid.startswith("1.2.840.10008.5.1.4.1.1.481."):
+    if keyword.startswith("RT"):
         return "RT object (dose, plan, image)"
-    if uid.startswith("1.2.840.10008.5.1.4.1.1.11."):
+    if keyword.endswith("PresentationStateStorage"):
         return "presentation state"
-    if uid.startswith("1.2.840.10008.5.1.4.1.1.7"):
+    if "SecondaryCapture" in keyword:
         return "secondary capture"
-    if not uid:
+    if not sop:
         return "no SOP class"
-    if uid not in VOLUME_SOP_CLASSES:
-        return f"not a CT/MR/PET image ({UID(uid).name})"
+    if sop not in VOLUME_SOP_CLASSES:
+        return f"not a CT/MR/PET image ({sop.name})"
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if "LOCALIZER" in image_type:
         return "localizer"
@@ -240,8 +245,8 @@ def _transfer_syntax(ds: Dataset) -> str:
         return uid
     implicit, little = ds.original_encoding
     if implicit:
-        return "1.2.840.10008.1.2"
-    return "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+        return str(dicom_uid.ImplicitVRLittleEndian)
+    return str(dicom_uid.ExplicitVRLittleEndian if little else dicom_uid.ExplicitVRBigEndian)
 
 
 def _functional(ds: Dataset, i: int, group: str) -> Dataset | None:
@@ -266,23 +271,43 @@ def read_header(path: Path, name: str) -> list[Frame] | Skipped:
     if not sniff_dicom(path):
         return Skipped(name, "not DICOM")
     try:
-        with path.open("rb") as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True, specific_tags=HEADER_TAGS)
-            reason = skip_reason(ds)
-            if reason is not None:
-                return Skipped(name, reason)
-            if _transfer_syntax(ds) == DEFLATED:
-                # the data set is one deflate stream: file offsets mean nothing, so parse it whole (rare)
-                full = pydicom.dcmread(path, force=True)
-                found = [k for k in _PIXEL_TAGS.values() if k in full]
-                keyword, offset, declared = (found[0] if found else None), None, None
-            else:
-                keyword, offset, declared = _pixel_element(fh, ds)
-        if keyword is None:
-            return Skipped(name, "no pixel data")
-        return _frames(ds, path, name, size, keyword, offset, declared)
+        fh = path.open("rb")
+    except OSError as err:
+        return Skipped(name, f"unreadable ({err.strerror or err})")
+    with fh:
+        ds = _read_dataset(fh)
+        if isinstance(ds, str):
+            return Skipped(name, ds)
+        reason = skip_reason(ds)
+        if reason is not None:
+            return Skipped(name, reason)
+        if _transfer_syntax(ds) == DEFLATED:
+            # the data set is one deflate stream: file offsets mean nothing, so parse it whole (rare)
+            full = _read_dataset(path, whole=True)
+            if isinstance(full, str):
+                return Skipped(name, full)
+            found = [k for k in _PIXEL_TAGS.values() if k in full]
+            keyword, offset, declared = (found[0] if found else None), None, None
+        else:
+            keyword, offset, declared = _pixel_element(fh, ds)
+    if keyword is None:
+        return Skipped(name, "no pixel data")
+    return _frames(ds, path, name, size, keyword, offset, declared)
+
+
+def _read_dataset(source: BinaryIO | Path, whole: bool = False) -> Dataset | str:
+    """pydicom's parse of a header (every value converted here, so that pydicom's errors on a malformed file are
+    caught at this one place and nowhere else), or the reason the file is skipped. Only this call is guarded:
+    an error in medpipe's own parsing after it is a bug and surfaces as one."""
+    try:
+        if whole:
+            ds = pydicom.dcmread(source, force=True)
+        else:
+            ds = pydicom.dcmread(source, stop_before_pixels=True, force=True, specific_tags=HEADER_TAGS)
+        ds.walk(lambda _ds, _elem: None)  # converts raw elements (values are parsed lazily otherwise)
     except HEADER_ERRORS as err:
-        return Skipped(name, f"unreadable DICOM header ({type(err).__name__})")
+        return f"unreadable DICOM header ({type(err).__name__})"
+    return ds
 
 
 def _frames(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydicom import uid as dicom_uid
 from pydicom.uid import UID
 
 from medpipe.errors import DicomError
@@ -25,9 +26,9 @@ MAX_FRAMES = 65536
 
 #: Transfer syntaxes whose pixel values are read straight from the file (value: big endian).
 NATIVE_SYNTAXES = {
-    "1.2.840.10008.1.2": False,  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1": False,  # Explicit VR Little Endian
-    "1.2.840.10008.1.2.2": True,  # Explicit VR Big Endian (retired)
+    dicom_uid.ImplicitVRLittleEndian: False,
+    dicom_uid.ExplicitVRLittleEndian: False,
+    dicom_uid.ExplicitVRBigEndian: True,  # retired
 }
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from medpipe.errors import DicomError
 from medpipe.io.dicom.headers import Frame, Skipped, read_header, sniff_dicom
+from medpipe.io.dicom.orientation import plane_name
 
 #: Two orientations (direction cosines) or pixel spacings closer than this are the same geometry.
 IOP_TOL = 1e-3
@@ -262,8 +263,6 @@ def select_candidate(scan: ScanResult, series: int | str | None) -> VolumeCandid
 
 def list_candidates(cands: Iterable[VolumeCandidate]) -> str:
     """One line per candidate: label, description, image count, plane, split and notes."""
-    from medpipe.io.dicom.geometry import plane_name
-
     parts = []
     for c in cands:
         extra = [f"{k} {v}" for k, v in c.split.items()] + list(c.notes)

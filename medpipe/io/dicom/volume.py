@@ -11,9 +11,11 @@ import numpy as np
 from medpipe.errors import DicomError
 from medpipe.io.dicom import repair
 from medpipe.io.dicom.geometry import StackGeometry, analyse, candidate_notes, lps_affine_to_ras
+from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.dicom.pixels import read_stack
 from medpipe.io.dicom.scan import ScanResult, VolumeCandidate, scan_folder, select_candidate
 from medpipe.io.geometry import Grid
+from medpipe.io.intensity import check_ct_hu
 
 _REPAIR_FLAGS = {"allow_tilt": "--allow-tilt", "allow_uneven": "--allow-uneven"}
 
@@ -79,22 +81,19 @@ def _checks(geom: StackGeometry, cand: VolumeCandidate) -> dict[str, str]:
 def load_candidate(
     scan: ScanResult,
     cand: VolumeCandidate,
-    *,
-    allow_tilt: bool = False,
-    allow_uneven: bool = False,
-    workers: int | None = None,
+    options: DicomOptions | None = None,
 ) -> DicomVolume:
     """Check, read and (where opted in) repair one candidate. Raises :class:`DicomError` naming the problems."""
     geom = analyse(cand)
-    allowed = {"allow_tilt": allow_tilt, "allow_uneven": allow_uneven}
-    error = refusal(cand, geom, scan.folder, allowed)
+    options = options or DicomOptions()
+    error = refusal(cand, geom, scan.folder, options.repairs_allowed())
     if error is not None:
         raise error
     if (geom.row_cos is None or geom.col_cos is None or geom.normal is None or geom.ipp is None
             or geom.positions_mm is None or geom.spacing_mm is None):  # excluded by refusal() above
         raise ValueError("geometry not established after the checks")
     frames = [cand.frames[i] for i in geom.order]
-    stack, values = read_stack(frames, scan.folder, workers=workers)
+    stack, values = read_stack(frames, scan.folder, workers=options.workers)
     codes = {p.code: p for p in geom.problems}
     repairs: list[dict[str, Any]] = []
     origin = geom.ipp[0]
@@ -110,8 +109,8 @@ def load_candidate(
     affine = lps_affine_to_ras(geom.row_cos, geom.col_cos, geom.normal, (dx, dy, dz), origin)
     vmin, vmax = float(stack.min()), float(stack.max())
     warnings = []
-    if cand.modality == "CT" and vmin > -200:
-        warnings.append(f"CT values do not look like HU (minimum {vmin:g}, expected air near -1000)")
+    if cand.modality == "CT" and (hu := check_ct_hu(stack.T)).problem:
+        warnings.append(f"CT values do not look like HU ({hu.describe()}): {hu.problem}")
     provenance = _provenance(scan, cand, geom, affine, stack.shape, values, repairs, warnings, (vmin, vmax))
     return DicomVolume(
         array=stack.T,
@@ -179,19 +178,15 @@ def _provenance(
 
 def read_dicom_volume(
     folder: str | Path,
-    *,
-    series: int | str | None = None,
-    allow_tilt: bool = False,
-    allow_uneven: bool = False,
-    workers: int | None = None,
+    options: DicomOptions | None = None,
 ) -> DicomVolume:
     """Read one volume from a DICOM folder (searched recursively).
 
-    ``series``: a SeriesNumber, a label from the folder's listing (``3`` or ``3-2``) or a SeriesInstanceUID;
-    required when the folder holds several volumes (the error lists them). Gantry tilt and uneven or missing
-    slices are refused unless ``allow_tilt`` / ``allow_uneven`` opt into resampling (recorded in
-    ``provenance["repairs"]``). ``workers``: processes for decoding compressed series (None: automatic).
+    ``options.series`` picks a volume when the folder holds several (the error lists them). Gantry tilt and uneven
+    or missing slices are refused unless ``options.allow_tilt`` / ``allow_uneven`` opt into resampling (recorded
+    in ``provenance["repairs"]``); see :class:`DicomOptions`.
     """
     scan = scan_folder(folder)
-    cand = select_candidate(scan, series)
-    return load_candidate(scan, cand, allow_tilt=allow_tilt, allow_uneven=allow_uneven, workers=workers)
+    options = options or DicomOptions()
+    cand = select_candidate(scan, options.series)
+    return load_candidate(scan, cand, options)

@@ -1,0 +1,163 @@
+"""The package's shape, enforced: no import cycles (imports inside functions count), rich only in the CLI, no
+library module importing the CLI, a small package root, and no function-level imports in modules that already
+import torch at the top. Each failure names the offending module and edge."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2] / "medpipe"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST) -> list[tuple[ast.stmt, bool]]:
+    """Every import statement with whether it sits at module top level (TYPE_CHECKING blocks excluded)."""
+    found: list[tuple[ast.stmt, bool]] = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.orelse:
+                    visit(sub, top)
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                found.append((child, top))
+            nested = isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda)
+            visit(child, top and not nested)
+
+    visit(tree, True)
+    return found
+
+
+def _resolve(module: str, node: ast.stmt) -> list[str]:
+    """Imported names as module names ('external' modules kept as given)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    assert isinstance(node, ast.ImportFrom)
+    base = node.module or ""
+    if node.level:
+        pkg = module.split(".")
+        if not MODULES[module].name == "__init__.py":
+            pkg = pkg[:-1]
+        pkg = pkg[: len(pkg) - node.level + 1]
+        base = ".".join(pkg + ([base] if base else []))
+    out = []
+    for alias in node.names:
+        sub = f"{base}.{alias.name}"
+        out.append(sub if sub in MODULES else base)
+    return out
+
+
+EDGES: dict[str, set[str]] = {}
+TOP_IMPORTS: dict[str, set[str]] = {}
+LOCAL_IMPORTS: dict[str, list[tuple[int, str]]] = {}
+for _name, _path in MODULES.items():
+    _tree = ast.parse(_path.read_text(), str(_path))
+    for _node, _top in _imports(_tree):
+        for target in _resolve(_name, _node):
+            EDGES.setdefault(_name, set())
+            if target.startswith("medpipe") and target in MODULES and target != _name:
+                EDGES[_name].add(target)
+            (TOP_IMPORTS if _top else {}).setdefault(_name, set()).add(target)
+            if not _top:
+                LOCAL_IMPORTS.setdefault(_name, []).append((_node.lineno, target))
+
+
+def _cycles() -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(EDGES.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(MODULES):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_no_import_cycles() -> None:
+    cycles = _cycles()
+    described = []
+    for comp in cycles:
+        edges = sorted(f"{a} -> {b}" for a in comp for b in EDGES.get(a, ()) if b in comp)
+        described.append("; ".join(edges))
+    assert not cycles, "import cycles (edges inside each cycle):\n" + "\n".join(described)
+
+
+def test_rich_only_in_the_cli() -> None:
+    bad = sorted(f"{m} imports {t}" for m in MODULES if not m.startswith("medpipe.cli")
+                 for t in TOP_IMPORTS.get(m, set()) | {x for _, x in LOCAL_IMPORTS.get(m, [])}
+                 if t == "rich" or t.startswith("rich."))
+    assert not bad, "\n".join(bad)
+
+
+def test_library_never_imports_the_cli() -> None:
+    bad = sorted(f"{m} -> {t}" for m, ts in EDGES.items() if not m.startswith("medpipe.cli")
+                 and m not in ("medpipe.__main__",) for t in ts if t.startswith("medpipe.cli"))
+    assert not bad, "\n".join(bad)
+
+
+def test_package_root_stays_small() -> None:
+    root_modules = sorted(p.stem for p in ROOT.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(root_modules) <= 10, root_modules
+
+
+def test_no_local_imports_in_modules_that_import_torch_at_the_top() -> None:
+    bad = sorted(f"{m}:{line} imports {t} inside a function" for m, items in LOCAL_IMPORTS.items()
+                 if "torch" in TOP_IMPORTS.get(m, set()) for line, t in items)
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("command", [["--help"], ["infer", "--help"], ["train", "--help"]])
+def test_help_imports_neither_torch_nor_monai(command: list[str]) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from medpipe.cli import app; from typer.testing import CliRunner; "
+            f"r = CliRunner().invoke(app, {command!r}); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

@@ -7,8 +7,6 @@ that name the file and the key. Relative paths in the YAML are resolved against 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from medpipe.errors import ConfigError
+from medpipe.runtime import short_hash
 
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
@@ -164,8 +163,7 @@ class PipelineConfig:
 
     def digest(self) -> str:
         """sha256 of the canonical JSON form: the config hash recorded beside outputs."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return short_hash(self.to_dict())
 
     def with_overrides(self, **sections: dict[str, Any]) -> PipelineConfig:
         """A copy with fields of sections replaced, e.g. ``with_overrides(training={"epochs": 3})``."""

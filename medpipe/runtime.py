@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 from pathlib import Path
 
@@ -31,7 +32,6 @@ def versions() -> dict[str, str]:
     import numpy
     import torch
 
-
     return {
         "medpipe": __version__,
         "python": platform.python_version(),
@@ -40,6 +40,20 @@ def versions() -> dict[str, str]:
         "nibabel": nibabel.__version__,
         "numpy": numpy.__version__,
     }
+
+
+#: Hex digits of the short hashes recorded beside outputs (config hash, dataset identity, cache keys).
+SHORT_HASH_LEN = 16
+
+
+def short_digest(data: bytes) -> str:
+    """The short form of a sha256: what every config hash, dataset identity and cache key is made of."""
+    return hashlib.sha256(data).hexdigest()[:SHORT_HASH_LEN]
+
+
+def short_hash(value: object) -> str:
+    """:func:`short_digest` of a value's canonical JSON (sorted keys; non-JSON values as ``str``)."""
+    return short_digest(json.dumps(value, sort_keys=True, default=str).encode())
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -8,7 +8,6 @@ the whole file. Renaming or moving the dataset folder keeps the identity; editin
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 from medpipe.datasets.layouts import Case, Dataset, Issue
 from medpipe.errors import DatasetError
 from medpipe.io.geometry import Grid
-from medpipe.runtime import sha256_file
+from medpipe.runtime import sha256_file, short_digest
 
 FINGERPRINT_FORMAT = "medpipe-fingerprint/1"
 PERCENTILES = (0.5, 50.0, 99.5)
@@ -69,11 +68,11 @@ def _file_digest(path: Path) -> str:
 
 def data_identity(cases: list[Case] | tuple[Case, ...]) -> str:
     """A short hash of the cases' ids, file names and contents (see the module docstring)."""
-    h = hashlib.sha256()
+    lines = []
     for c in sorted(cases, key=lambda c: c.case_id):
         for p in (*c.images, *([c.label] if c.label else [])):
-            h.update(f"{c.case_id}|{p.name}|{_file_digest(p)}\n".encode())
-    return h.hexdigest()[:16]
+            lines.append(f"{c.case_id}|{p.name}|{_file_digest(p)}\n")
+    return short_digest("".join(lines).encode())
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:

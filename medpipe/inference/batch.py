@@ -14,11 +14,13 @@ from pathlib import Path
 
 from medpipe.errors import InputError, MedpipeError
 from medpipe.inference.export import write_mask
-from medpipe.inference.inputs import InputCase, collect_inputs, ct_intensity_check, load_case
+from medpipe.inference.inputs import InputCase, LoadedCase, collect_inputs, ct_intensity_check, load_case
 from medpipe.inference.predictor import Predictor, find_checkpoint
-from medpipe.inference.sidecar import already_done, build_sidecar
+from medpipe.inference.sidecar import InferenceSidecar, ModelRef, SegmentDetails, SlidingWindowSettings, already_done
 from medpipe.io.atomic import ensure_writable_dir, write_json_atomic
 from medpipe.io.dicom.options import DicomOptions
+from medpipe.io.intensity import HuCheck
+from medpipe.runtime import versions
 
 
 @dataclass(frozen=True)
@@ -82,19 +84,32 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
                              path=case.files[0] if case.files else case.dicom_dir)
         seen.add(loaded.case_id)
         shown = loaded.case_id
-        if not overwrite and (done := already_done(out_dir, loaded, seg)):
+        if not overwrite and (done := already_done(out_dir, loaded, seg.model_sha256, seg.cfg.digest())):
             return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0)
         hu = (ct_intensity_check(loaded, strict=not allow_non_hu)
               if seg.cfg.transforms.intensity == "ct_window" else None)
         labels, details = seg.segment(loaded)
-        if hu is not None:
-            details["intensity_check"] = hu
         mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", labels, loaded.grid)
         seconds = time.perf_counter() - t0
-        write_json_atomic(out_dir / f"{loaded.case_id}.json", build_sidecar(seg, loaded, mask, details, seconds))
+        side = build_sidecar(seg, loaded, mask, details, seconds, hu)
+        write_json_atomic(out_dir / f"{loaded.case_id}.json", side.to_json())
         return CaseResult(loaded.case_id, "ok", mask, seconds=seconds)
     except MedpipeError as err:
         return CaseResult(shown, "failed", error=str(err), seconds=time.perf_counter() - t0)
+
+
+def build_sidecar(seg: Predictor, case: LoadedCase, mask: Path, details: SegmentDetails, seconds: float,
+                  intensity_check: HuCheck | None = None) -> InferenceSidecar:
+    """The sidecar record of one segmented case."""
+    inf = seg.cfg.inference
+    return InferenceSidecar(
+        case=case.case_id, mask=mask.name, input_sha256=case.input_sha256,
+        model=ModelRef(seg.checkpoint.name, seg.model_sha256, seg.cfg.model.arch), config_hash=seg.cfg.digest(),
+        labels=dict(seg.cfg.labels), source_grid=case.grid, device=seg.device,
+        sliding_window=SlidingWindowSettings(tuple(inf.roi_size_vox), inf.overlap, inf.sw_batch_size, inf.blend),
+        input=case.provenance, details=details, seconds_total=round(seconds, 3), versions=versions(),
+        intensity_check=intensity_check,
+    )
 
 
 def _check_collisions(cases: list[InputCase]) -> None:

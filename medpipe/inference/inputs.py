@@ -15,8 +15,9 @@ import numpy as np
 
 from medpipe.errors import InputError
 from medpipe.io.dicom.options import DicomOptions
+from medpipe.io.dicom.provenance import DicomProvenance
 from medpipe.io.geometry import Grid, require_same_grid
-from medpipe.io.intensity import check_ct_hu
+from medpipe.io.intensity import HuCheck, check_ct_hu
 from medpipe.io.nifti import case_id_from_path, is_nifti_path, load_nifti
 from medpipe.runtime import sha256_files
 
@@ -31,6 +32,33 @@ class InputCase:
 
 
 @dataclass(frozen=True)
+class InputProvenance:
+    """How a case was read: from NIfTI files, or from a DICOM series (with its full :class:`DicomProvenance`)."""
+
+    kind: str = "nifti"
+    dicom: DicomProvenance | None = None
+
+    @property
+    def modality(self) -> str | None:
+        """The modality a DICOM header states (None for NIfTI, which states none)."""
+        return self.dicom.source.modality if self.dicom is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.dicom is None:
+            return {"format": self.kind}
+        body = {k: v for k, v in self.dicom.to_json().items() if k != "format"}
+        return {"format": "dicom", "series_uid": self.dicom.source.series_uid, **body,
+                "provenance_format": self.dicom.format}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> InputProvenance:
+        if d.get("format") != "dicom":
+            return cls(str(d.get("format", "nifti")))
+        body = {k: v for k, v in d.items() if k not in ("format", "series_uid", "provenance_format")}
+        return cls("dicom", DicomProvenance.from_json({**body, "format": d.get("provenance_format")}))
+
+
+@dataclass(frozen=True)
 class LoadedCase:
     """A read case: ``array`` is (C, I, J, K) float32 on ``grid``; ``provenance`` says how it was read."""
 
@@ -38,7 +66,7 @@ class LoadedCase:
     array: np.ndarray
     grid: Grid
     input_sha256: str
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: InputProvenance = field(default_factory=InputProvenance)
     files: tuple[Path, ...] = ()
 
 
@@ -128,23 +156,21 @@ def load_case(case: InputCase, n_channels: int, dicom_options: DicomOptions | No
         raise InputError("case has no image files", path=case.case_id)
     if len(arrays) != n_channels:
         raise InputError(f"{len(arrays)} channels, the model expects {n_channels}", path=case.files[0])
-    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)), {"format": "nifti"},
+    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)), InputProvenance(),
                       case.files)
 
 
-def ct_intensity_check(case: LoadedCase, *, strict: bool = True) -> dict[str, Any]:
+def ct_intensity_check(case: LoadedCase, *, strict: bool = True) -> HuCheck:
     """Does a case given to a CT model look like CT in Hounsfield units (:func:`medpipe.io.intensity.check_ct_hu`,
     the one rule)? Returns the statistics it judged by; refuses (``strict``) when it does not."""
-    source = case.provenance.get("source") if case.provenance.get("format") == "dicom" else None
-    modality = source.get("modality") if isinstance(source, dict) else None
-    check = check_ct_hu(case.array[0], modality if isinstance(modality, str) else None)
+    check = check_ct_hu(case.array[0], case.provenance.modality)
     if check.problem and strict:
         where = case.files[0] if case.files else case.case_id
         raise InputError(
             f"does not look like CT in Hounsfield units ({check.describe()}): {check.problem}",
             path=where, hint="the model expects HU; pass --allow-non-hu to segment it anyway",
         )
-    return check.to_json()
+    return check
 
 
 def _load_dicom(case: InputCase, n_channels: int, options: DicomOptions) -> LoadedCase:
@@ -163,5 +189,4 @@ def _load_dicom(case: InputCase, n_channels: int, options: DicomOptions) -> Load
 
     # Named like `medpipe convert` names it: series label + description, never patient data or folder names.
     case_id = case.case_id or output_stem(vol.label or str(vol.series_number or 0), vol.description)
-    prov = {"format": "dicom", "series_uid": vol.series_uid, **vol.provenance}
-    return LoadedCase(case_id, arr[None], grid, digest, prov)
+    return LoadedCase(case_id, arr[None], grid, digest, InputProvenance("dicom", vol.provenance))

@@ -16,6 +16,7 @@ from medpipe.config import PipelineConfig
 from medpipe.errors import CheckpointError
 from medpipe.inference.export import labels_on_grid
 from medpipe.inference.inputs import LoadedCase
+from medpipe.inference.sidecar import SegmentDetails
 from medpipe.labels import label_scores
 from medpipe.models.checkpoint import model_from_checkpoint
 from medpipe.runtime import resolve_device, sha256_file
@@ -71,7 +72,7 @@ class Predictor:
             torch.cuda.empty_cache()
             return run("cpu"), "gpu-windows-cpu-aggregation"
 
-    def segment(self, case: LoadedCase) -> tuple[np.ndarray, dict[str, Any]]:
+    def segment(self, case: LoadedCase) -> tuple[np.ndarray, SegmentDetails]:
         """Mask (I, J, K) on the case's source grid, and timings/details for the sidecar."""
         if self._pre is None:
             self._pre = preprocess(self.cfg, with_label=False, load=False)
@@ -88,11 +89,8 @@ class Predictor:
         labels = labels_on_grid(probs_mt, case.grid, self.label_values)
         labels = self._postprocess(labels)
         t3 = time.perf_counter()
-        details = {
-            "network_grid": {"shape": list(net_img.shape[1:]), "spacing_mm": list(self.cfg.transforms.spacing_mm)},
-            "memory_rung": rung,
-            "timings_s": {"preprocess": round(t1 - t0, 3), "inference": round(t2 - t1, 3), "export": round(t3 - t2, 3)},
-        }
+        details = SegmentDetails(tuple(int(v) for v in net_img.shape[1:]), tuple(self.cfg.transforms.spacing_mm), rung,
+                                 round(t1 - t0, 3), round(t2 - t1, 3), round(t3 - t2, 3))
         return labels, details
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:

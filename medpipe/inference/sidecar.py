@@ -1,44 +1,157 @@
-"""The inference sidecar: what was run on which input, beside every mask; and the resume rule built on it."""
+"""The inference sidecar: what was run on which input, beside every mask; and the resume rule built on it.
+
+``<case>.json`` is the JSON form of :class:`InferenceSidecar`. A re-run skips a case whose mask and sidecar exist
+for the same input (sha256), model (sha256) and config hash (:func:`already_done`).
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medpipe.inference.inputs import LoadedCase
-from medpipe.inference.predictor import Predictor
-from medpipe.runtime import versions
+from medpipe.errors import InputError
+from medpipe.inference.inputs import InputProvenance, LoadedCase
+from medpipe.io.geometry import Grid
+from medpipe.io.intensity import HuCheck
+
+SIDECAR_FORMAT = "medpipe-inference-sidecar/1"
 
 
-def build_sidecar(seg: Predictor, case: LoadedCase, mask: Path, details: dict[str, Any], seconds: float) -> dict:
-    return {
-        "case": case.case_id,
-        "mask": mask.name,
-        "status": "ok",
-        "input_sha256": case.input_sha256,
-        "model": {"checkpoint": seg.checkpoint.name, "sha256": seg.model_sha256, "arch": seg.cfg.model.arch},
-        "config_hash": seg.cfg.digest(),
-        "labels": {str(k): v for k, v in seg.cfg.labels.items()},
-        "source_grid": case.grid.to_json(),
-        "device": seg.device,
-        "sliding_window": {"roi_size_vox": list(seg.cfg.inference.roi_size_vox), "overlap": seg.cfg.inference.overlap,
-                           "sw_batch_size": seg.cfg.inference.sw_batch_size, "blend": seg.cfg.inference.blend},
-        "input": case.provenance,
-        **details,
-        "seconds_total": round(seconds, 3),
-        "versions": versions(),
-    }
+@dataclass(frozen=True)
+class ModelRef:
+    """Which weights ran: the checkpoint file name (never its folder), its sha256 and the architecture."""
+
+    checkpoint: str
+    sha256: str
+    arch: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "sha256": self.sha256, "arch": self.arch}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelRef:
+        return cls(str(d["checkpoint"]), str(d["sha256"]), str(d["arch"]))
 
 
-def already_done(out_dir: Path, case: LoadedCase, seg: Predictor) -> Path | None:
-    mask, side = out_dir / f"{case.case_id}.nii.gz", out_dir / f"{case.case_id}.json"
-    if not (mask.is_file() and side.is_file()):
-        return None
+@dataclass(frozen=True)
+class SlidingWindowSettings:
+    roi_size_vox: tuple[int, ...]
+    overlap: float
+    sw_batch_size: int
+    blend: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"roi_size_vox": list(self.roi_size_vox), "overlap": self.overlap,
+                "sw_batch_size": self.sw_batch_size, "blend": self.blend}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SlidingWindowSettings:
+        return cls(tuple(int(v) for v in d["roi_size_vox"]), float(d["overlap"]), int(d["sw_batch_size"]),
+                   str(d["blend"]))
+
+
+@dataclass(frozen=True)
+class SegmentDetails:
+    """What the predictor reports for one case: the network grid (shape after preprocessing, target spacing in
+    mm), the memory rung the sliding window ran on, and the seconds of each stage."""
+
+    network_shape: tuple[int, ...]
+    network_spacing_mm: tuple[float, ...]
+    memory_rung: str
+    preprocess_s: float
+    inference_s: float
+    export_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "network_grid": {"shape": list(self.network_shape), "spacing_mm": list(self.network_spacing_mm)},
+            "memory_rung": self.memory_rung,
+            "timings_s": {"preprocess": self.preprocess_s, "inference": self.inference_s, "export": self.export_s},
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SegmentDetails:
+        net, t = d["network_grid"], d["timings_s"]
+        return cls(tuple(int(v) for v in net["shape"]), tuple(float(v) for v in net["spacing_mm"]),
+                   str(d["memory_rung"]), float(t["preprocess"]), float(t["inference"]), float(t["export"]))
+
+
+@dataclass(frozen=True)
+class InferenceSidecar:
+    """Provenance of one mask (see the module docstring). ``labels``: label value -> name."""
+
+    case: str
+    mask: str
+    input_sha256: str
+    model: ModelRef
+    config_hash: str
+    labels: dict[int, str]
+    source_grid: Grid
+    device: str
+    sliding_window: SlidingWindowSettings
+    input: InputProvenance
+    details: SegmentDetails
+    seconds_total: float
+    versions: dict[str, str]
+    intensity_check: HuCheck | None = None
+    status: str = "ok"
+    format: str = field(default=SIDECAR_FORMAT)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": self.format,
+            "case": self.case,
+            "mask": self.mask,
+            "status": self.status,
+            "input_sha256": self.input_sha256,
+            "model": self.model.to_json(),
+            "config_hash": self.config_hash,
+            "labels": {str(k): v for k, v in self.labels.items()},
+            "source_grid": self.source_grid.to_json(),
+            "device": self.device,
+            "sliding_window": self.sliding_window.to_json(),
+            "input": self.input.to_json(),
+            **self.details.to_json(),
+        }
+        if self.intensity_check is not None:
+            out["intensity_check"] = self.intensity_check.to_json()
+        out["seconds_total"] = self.seconds_total
+        out["versions"] = dict(self.versions)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> InferenceSidecar:
+        if d.get("format") != SIDECAR_FORMAT:
+            raise InputError(f"unknown sidecar format {d.get('format')!r}",
+                             hint=f"this medpipe writes {SIDECAR_FORMAT}")
+        hu = d.get("intensity_check")
+        return cls(
+            case=str(d["case"]), mask=str(d["mask"]), input_sha256=str(d["input_sha256"]),
+            model=ModelRef.from_json(d["model"]), config_hash=str(d["config_hash"]),
+            labels={int(k): str(v) for k, v in d["labels"].items()}, source_grid=Grid.from_json(d["source_grid"]),
+            device=str(d["device"]), sliding_window=SlidingWindowSettings.from_json(d["sliding_window"]),
+            input=InputProvenance.from_json(d["input"]), details=SegmentDetails.from_json(d),
+            seconds_total=float(d["seconds_total"]), versions={str(k): str(v) for k, v in d["versions"].items()},
+            intensity_check=HuCheck.from_json(hu) if isinstance(hu, dict) else None, status=str(d["status"]),
+        )
+
+
+def read_sidecar(path: Path) -> InferenceSidecar | None:
+    """The sidecar at ``path``, or None when it is missing, unreadable or of another format (then not done)."""
     try:
-        meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError):
+        return InferenceSidecar.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, InputError):
         return None
-    same = (meta.get("input_sha256") == case.input_sha256 and meta.get("config_hash") == seg.cfg.digest()
-            and meta.get("model", {}).get("sha256") == seg.model_sha256 and meta.get("status") == "ok")
+
+
+def already_done(out_dir: Path, case: LoadedCase, model_sha256: str, config_hash: str) -> Path | None:
+    """The mask of ``case`` when a previous run made it from the same input, model and config (else None)."""
+    mask = out_dir / f"{case.case_id}.nii.gz"
+    side = read_sidecar(out_dir / f"{case.case_id}.json")
+    if side is None or not mask.is_file():
+        return None
+    same = (side.input_sha256 == case.input_sha256 and side.config_hash == config_hash
+            and side.model.sha256 == model_sha256 and side.status == "ok")
     return mask if same else None

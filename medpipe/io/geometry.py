@@ -43,6 +43,12 @@ class Grid:
             "affine": np.asarray(self.affine, dtype=float).round(6).tolist(),
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Grid:
+        """The grid of :meth:`to_json` (the affine as written: rounded to 1e-6 mm)."""
+        shape = [int(v) for v in data["shape"]]  # type: ignore[attr-defined]
+        return cls((shape[0], shape[1], shape[2]), np.asarray(data["affine"], dtype=float))
+
 
 def grid_of(img: nib.spatialimages.SpatialImage) -> Grid:
     """The spatial grid of a nibabel image (first three axes)."""

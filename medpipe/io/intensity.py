@@ -36,6 +36,12 @@ class HuCheck:
         out["max"] = out.pop("maximum")
         return out
 
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> HuCheck:
+        problem = d.get("problem")
+        return cls(float(d["p1"]), float(d["p99"]), float(d["min"]), float(d["max"]),  # type: ignore[arg-type]
+                   bool(d["looks_like_hu"]), str(problem) if problem is not None else None)
+
     def describe(self) -> str:
         return f"p1={self.p1:.1f}, p99={self.p99:.1f}, min={self.minimum:.1f}, max={self.maximum:.1f}"
 

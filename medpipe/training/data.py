@@ -9,8 +9,6 @@ chain (load, orient, resample, normalise, crop, pad) is cached; patch sampling a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from medpipe.config import PipelineConfig
 from medpipe.datasets import Case
+from medpipe.runtime import short_hash
 from medpipe.training.distributed import DistInfo
 from medpipe.transforms import train_transforms, val_transforms
 
@@ -61,7 +60,7 @@ def cache_key(cfg: PipelineConfig, identity: str) -> str:
     keys = {"orientation": t.orientation, "spacing_mm": list(t.spacing_mm), "intensity": t.intensity,
             "hu_window": list(t.hu_window), "crop": t.crop_foreground, "patch": list(t.patch_size_vox),
             "channels": list(cfg.channels), "data": identity}
-    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+    return short_hash(keys)
 
 
 def make_dataset(cfg: PipelineConfig, cases: list[Case], transform: Any, identity: str, part: str) -> Any:

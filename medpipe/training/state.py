@@ -10,8 +10,6 @@ did. The global RNG states are saved in every checkpoint all the same and restor
 from __future__ import annotations
 
 import ast
-import hashlib
-import json
 import os
 import random
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from medpipe.config import PipelineConfig
 from medpipe.errors import CheckpointError
 from medpipe.models.checkpoint import load_checkpoint
+from medpipe.runtime import short_hash
 
 #: Checkpoint names in the order a resume tries them (``previous.pt`` is the one before the latest).
 RESUME_CANDIDATES = ("last.pt", "previous.pt")
@@ -83,8 +82,7 @@ def resume_key(cfg: PipelineConfig) -> str:
     for section, keys in RESUMABLE_CHANGES.items():
         for key in keys:
             d[section].pop(key, None)
-
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return short_hash(d)
 
 
 def config_changes(stored: dict[str, Any], current: PipelineConfig) -> list[str]:

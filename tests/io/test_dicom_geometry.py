@@ -45,7 +45,7 @@ def test_instance_number_never_decides_order(tmp_path, order):
     vol = read_dicom_volume(write_series(tmp_path / order, instance_order=order, seed=5).folder)
     np.testing.assert_array_equal(vol.array, ref.array)
     np.testing.assert_allclose(vol.affine, ref.affine, atol=1e-6)
-    notes = " ".join(vol.provenance["decisions"])
+    notes = " ".join(vol.provenance.to_json()["decisions"])
     expected = {"descending": "decreases", "shuffled": "not spatial", "missing": "InstanceNumber missing"}[order]
     assert expected in notes
 
@@ -58,7 +58,7 @@ def test_patient_position_does_not_change_affine(tmp_path):
 
     ffp = read_dicom_volume(write_series(tmp_path / "ffp", edit=prone).folder)
     np.testing.assert_array_equal(ffp.affine, hfs.affine)
-    assert any("FFP" in d for d in ffp.provenance["decisions"])
+    assert any("FFP" in d for d in ffp.provenance.to_json()["decisions"])
 
 
 def test_missing_slice_is_refused_with_numbers(tmp_path):
@@ -80,7 +80,7 @@ def test_missing_slice_repair_interpolates_and_records(tmp_path):
     # the missing slice 4 is the mean of slices 3 and 5; every kept slice is unchanged
     full = 100 * np.arange(8)[None, None, :] + series.expected_array()[:, :, :1]
     np.testing.assert_allclose(vol.array, full, atol=1e-4)
-    (record,) = vol.provenance["repairs"]
+    (record,) = vol.provenance.to_json()["repairs"]
     assert record["repair"] == "equalise" and record["slices_before"] == 7 and record["slices_after"] == 8
     assert not vol.integer_valued
 
@@ -137,7 +137,7 @@ def test_gantry_tilt_repair_lands_each_pixel_at_its_world_position(tmp_path):
             np.testing.assert_allclose(idx, np.rint(idx), atol=1e-4)
             a, b, c = (int(v) for v in np.rint(idx))
             assert vol.array[a, b, c] == stored[i, j, k]
-    (record,) = vol.provenance["repairs"]
+    (record,) = vol.provenance.to_json()["repairs"]
     assert record["repair"] == "detilt" and record["plane_after"] == [16, 19]
     assert record["fill_value"] == float(stored.min())
 
@@ -161,7 +161,7 @@ def test_tilt_and_uneven_need_both_flags(tmp_path):
         read_dicom_volume(series.folder, DicomOptions(allow_tilt=True))
     assert "missing slice" in str(err.value) and "gantry tilt" not in str(err.value)
     vol = read_dicom_volume(series.folder, DicomOptions(allow_tilt=True, allow_uneven=True))
-    assert [r["repair"] for r in vol.provenance["repairs"]] == ["detilt", "equalise"]
+    assert [r["repair"] for r in vol.provenance.to_json()["repairs"]] == ["detilt", "equalise"]
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,7 @@ def test_sentinel_in_subfolders_and_patient_fields_never_leaks(tmp_path, caplog)
         "convert result": json.dumps(result.to_json()),
         "info json": json.dumps(info_result.to_json()),
         "info table": _render(info_result),
-        "provenance": json.dumps(volume.provenance),
+        "provenance": json.dumps(volume.provenance.to_json()),
         "errors": "\n".join(errors),
         "warnings": "\n".join(str(w.message) for w in caught),
         "logs": caplog.text,

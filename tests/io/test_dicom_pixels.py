@@ -41,7 +41,7 @@ def test_transfer_syntaxes_decode_to_the_same_volume(tmp_path, syntax):
     series = write_series(tmp_path / "s", transfer_syntax=syntax, intercept=-1024.0)
     vol = read_dicom_volume(series.folder)
     np.testing.assert_array_equal(vol.array, series.expected_array())
-    assert vol.provenance["source"]["transfer_syntax"] == [pydicom.uid.UID(syntax).name]
+    assert vol.provenance.to_json()["source"]["transfer_syntax"] == [pydicom.uid.UID(syntax).name]
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_rescale_per_slice_in_float(tmp_path):
     expected = series.stored.transpose(2, 1, 0) * (0.5 + k) + (-1000.0 + 10 * k)
     np.testing.assert_allclose(vol.array, expected, rtol=1e-6)
     assert not vol.integer_valued
-    assert "per slice" in vol.provenance["values"]["transform"]
+    assert "per slice" in vol.provenance.to_json()["values"]["transform"]
 
 
 def test_12_bit_unsigned_high_bit_garbage_is_masked(tmp_path):
@@ -106,7 +106,7 @@ def test_12_bit_unsigned_high_bit_garbage_is_masked(tmp_path):
     series = write_series(tmp_path / "s", bits_stored=12, signed=False, values=garbage)
     vol = read_dicom_volume(series.folder)
     np.testing.assert_array_equal(vol.array, (series.stored & 0x0FFF).transpose(2, 1, 0))
-    assert vol.provenance["values"]["high_bits_masked_voxels"] == 8 * 12 * 16
+    assert vol.provenance.to_json()["values"]["high_bits_masked_voxels"] == 8 * 12 * 16
 
 
 def test_12_bit_signed_values_are_sign_extended(tmp_path):
@@ -183,7 +183,7 @@ def test_monochrome1_keeps_modality_values(tmp_path):
     series = write_series(tmp_path / "s", edit=mono1)
     vol = read_dicom_volume(series.folder)
     np.testing.assert_array_equal(vol.array, series.expected_array())
-    assert any("MONOCHROME1" in d for d in vol.provenance["decisions"])
+    assert any("MONOCHROME1" in d for d in vol.provenance.to_json()["decisions"])
 
 
 def test_enhanced_multiframe_geometry_from_functional_groups(tmp_path):

@@ -96,9 +96,9 @@ def test_gantry_tilt_ct_repaired_matches_dcm2niix_tilt_and_equalise():
     diff = np.abs(mine - theirs)
     assert float(diff.mean()) < 1.0  # dcm2niix rounds to integers: mean difference below 1 HU
     assert float(np.percentile(diff, 99)) < 1.0
-    repairs = [r["repair"] for r in vol.provenance["repairs"]]
+    repairs = [r["repair"] for r in vol.provenance.to_json()["repairs"]]
     assert repairs == ["detilt", "equalise"]
-    assert vol.provenance["repairs"][1]["spacing_mm"] == pytest.approx(2.6198, abs=1e-3)
+    assert vol.provenance.to_json()["repairs"][1]["spacing_mm"] == pytest.approx(2.6198, abs=1e-3)
 
 
 def test_jpeg2000_ct_matches_simpleitk_and_its_label_map():
@@ -108,7 +108,7 @@ def test_jpeg2000_ct_matches_simpleitk_and_its_label_map():
     ref, ref_affine = sitk_volume(sitk_sorted_files(folder))
     np.testing.assert_array_equal(vol.array, ref)
     np.testing.assert_allclose(vol.affine, ref_affine, atol=1e-4)
-    assert vol.provenance["source"]["transfer_syntax"] == ["JPEG 2000 Image Compression (Lossless Only)"]
+    assert vol.provenance.to_json()["source"]["transfer_syntax"] == ["JPEG 2000 Image Compression (Lossless Only)"]
     hu, hu_affine = _canonical(vol.array, vol.affine)
     lab, lab_affine = _canonical(np.asanyarray(labels.dataobj), labels.affine)
     assert grids_match(Grid(hu.shape, hu_affine), Grid(lab.shape, lab_affine))
@@ -155,4 +155,4 @@ def test_bad_tilt_folder_can_be_repaired_on_request():
     vol = read_dicom_volume(_need("bad", "gantrytilting"), DicomOptions(allow_tilt=True))
     axes = vol.affine[:3, :3] / np.linalg.norm(vol.affine[:3, :3], axis=0)
     np.testing.assert_allclose(axes.T @ axes, np.eye(3), atol=1e-6)
-    assert vol.provenance["repairs"][0]["tilt_deg"] == pytest.approx(14.0, abs=0.1)
+    assert vol.provenance.to_json()["repairs"][0]["tilt_deg"] == pytest.approx(14.0, abs=0.1)

@@ -33,7 +33,7 @@ def test_non_dicom_and_empty_files_are_skipped_and_counted(tmp_path):
     assert scan.n_files == 13
     vol = read_dicom_volume(series.folder)
     np.testing.assert_array_equal(vol.array, series.expected_array())
-    assert vol.provenance["scan"]["skipped"] == {"empty file": 1, "not DICOM": 4}
+    assert vol.provenance.to_json()["scan"]["skipped"] == {"empty file": 1, "not DICOM": 4}
 
 
 def _non_image(folder: Path, name: str, sop_class: str, **tags: object) -> None:
@@ -83,7 +83,7 @@ def test_tagged_localizer_is_skipped(tmp_path):
     write_series(series.folder, n_slices=2, edit=localizer, series_uid=series.series_uid, seed=8)
     vol = read_dicom_volume(series.folder)
     np.testing.assert_array_equal(vol.array, series.expected_array())
-    assert vol.provenance["scan"]["skipped"] == {"localizer": 2}
+    assert vol.provenance.to_json()["scan"]["skipped"] == {"localizer": 2}
 
 
 def test_two_series_are_listed_never_silently_first(tmp_path):
@@ -116,7 +116,7 @@ def test_echoes_split_into_volumes(tmp_path):
     assert [c.label for c in scan.candidates] == ["3-1", "3-2"]
     assert [c.split for c in scan.candidates] == [{"echo": "1"}, {"echo": "2"}]
     vol = read_dicom_volume(tmp_path / "in", DicomOptions(series="3-2"))
-    assert vol.provenance["source"]["split_by"] == {"echo": "2"}
+    assert vol.provenance.to_json()["source"]["split_by"] == {"echo": "2"}
     with pytest.raises(DicomError, match="series 3 holds 2 volumes"):
         read_dicom_volume(tmp_path / "in", DicomOptions(series=3))
 

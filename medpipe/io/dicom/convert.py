@@ -90,7 +90,7 @@ def _storage(volume: DicomVolume) -> tuple[np.ndarray, str]:
     """The array to write: int16/uint16/int32 when every value is an integer that fits, else float32."""
     data = volume.array
     if volume.integer_valued and data.size:
-        lo, hi = volume.provenance["values"]["min"], volume.provenance["values"]["max"]
+        lo, hi = volume.provenance.values.minimum, volume.provenance.values.maximum
         for dtype in (np.int16, np.uint16, np.int32):
             info = np.iinfo(dtype)
             if info.min <= lo and hi <= info.max:
@@ -122,7 +122,7 @@ def _sidecar(volume: DicomVolume, dtype: str, nifti_name: str) -> dict[str, Any]
         "converter": f"medpipe {__version__}",
         "nifti": nifti_name,
         "stored_dtype": dtype,
-        **volume.provenance,
+        **volume.provenance.to_json(),
     }
 
 
@@ -171,7 +171,7 @@ def convert_dicom(
                 grid.spacing_mm,
                 grid.orientation,
                 dtype,
-                tuple(r["repair"] for r in volume.provenance["repairs"]),
+                tuple(r.kind for r in volume.provenance.repairs),
             )
         )
     if not written:

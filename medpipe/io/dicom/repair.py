@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from medpipe.io.dicom.provenance import DetiltRepair, EqualiseRepair
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Detilted:
 
     stack: np.ndarray
     origin_lps: np.ndarray
-    record: dict[str, Any]
+    record: DetiltRepair
 
 
 def _shift_axis(arr: np.ndarray, offset: float, size: int, axis: int, fill: float) -> np.ndarray:
@@ -55,6 +56,7 @@ def detilt(
     col_cos: np.ndarray,
     spacing_rc: tuple[float, float],
     reason: str,
+    tilt_deg: float,
 ) -> Detilted:
     """Resample a sheared stack onto the orthogonal grid spanned by the row, column and normal directions.
 
@@ -76,18 +78,16 @@ def detilt(
         shifted = _shift_axis(stack[s], float(v[s] - lo_v), new_rows, 0, fill)
         out[s] = _shift_axis(shifted, float(u[s] - lo_u), new_cols, 1, fill)
     origin = ipp[0] + lo_u * dx * row_cos + lo_v * dy * col_cos
-    record = {
-        "repair": "detilt",
-        "reason": reason,
-        "method": "per-slice in-plane shift onto an orthogonal grid, bilinear interpolation",
-        "shift_px_range": [
-            [round(float(u.min()), 3), round(float(u.max()), 3)],
-            [round(float(v.min()), 3), round(float(v.max()), 3)],
-        ],
-        "plane_before": [cols, rows],
-        "plane_after": [new_cols, new_rows],
-        "fill_value": fill,
-    }
+    record = DetiltRepair(
+        reason=reason,
+        method="per-slice in-plane shift onto an orthogonal grid, bilinear interpolation",
+        shift_px_range=((round(float(u.min()), 3), round(float(u.max()), 3)),
+                        (round(float(v.min()), 3), round(float(v.max()), 3))),
+        plane_before=(cols, rows),
+        plane_after=(new_cols, new_rows),
+        fill_value=fill,
+        tilt_deg=round(tilt_deg, 3),
+    )
     return Detilted(out, origin, record)
 
 
@@ -101,7 +101,7 @@ def equal_spacing(positions_mm: np.ndarray) -> tuple[int, float]:
     return count, extent / (count - 1)
 
 
-def equalise(stack: np.ndarray, positions_mm: np.ndarray, reason: str) -> tuple[np.ndarray, float, dict[str, Any]]:
+def equalise(stack: np.ndarray, positions_mm: np.ndarray, reason: str) -> tuple[np.ndarray, float, EqualiseRepair]:
     """Resample a stack with uneven slice positions onto equal spacing. Returns (stack, spacing_mm, record)."""
     count, spacing = equal_spacing(positions_mm)
     rel = positions_mm - positions_mm[0]
@@ -120,18 +120,17 @@ def equalise(stack: np.ndarray, positions_mm: np.ndarray, reason: str) -> tuple[
             np.multiply(stack[lower[m]], 1.0 - w, out=out[m])
             out[m] += w * stack[upper[m]]
     gaps = np.diff(positions_mm)
-    record = {
-        "repair": "equalise",
-        "reason": reason,
-        "method": "linear interpolation along the slice normal between the two nearest slices",
-        "rule": "spacing = smallest gap, at most twice the slice count (as dcm2niix); ends kept",
-        "slices_before": len(positions_mm),
-        "slices_after": count,
-        "gaps_before_mm": {
+    record = EqualiseRepair(
+        reason=reason,
+        method="linear interpolation along the slice normal between the two nearest slices",
+        rule="spacing = smallest gap, at most twice the slice count (as dcm2niix); ends kept",
+        slices_before=len(positions_mm),
+        slices_after=count,
+        gaps_before_mm={
             "min": round(float(gaps.min()), 4),
             "median": round(float(np.median(gaps)), 4),
             "max": round(float(gaps.max()), 4),
         },
-        "spacing_mm": round(spacing, 6),
-    }
+        spacing_mm=round(spacing, 6),
+    )
     return out, spacing, record

@@ -13,6 +13,13 @@ from medpipe.io.dicom import repair
 from medpipe.io.dicom.geometry import StackGeometry, analyse, candidate_notes, lps_affine_to_ras
 from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.dicom.pixels import read_stack
+from medpipe.io.dicom.provenance import (
+    DicomProvenance,
+    Repair,
+    ScanSummary,
+    SeriesSource,
+    ValueSummary,
+)
 from medpipe.io.dicom.scan import ScanResult, VolumeCandidate, scan_folder, select_candidate
 from medpipe.io.geometry import Grid
 from medpipe.io.intensity import check_ct_hu
@@ -26,7 +33,7 @@ class DicomVolume:
 
     ``array``: float32 (I, J, K) = (columns, rows, slices), modality LUT applied (HU for CT).
     ``affine``: 4x4, voxel index to RAS+ mm, so ``nib.Nifti1Image(array, affine)`` is correctly placed.
-    ``provenance``: decisions, checks, repairs and skipped-file counts (JSON-able; no patient data, no paths).
+    ``provenance``: decisions, checks, repairs and skipped-file counts (no patient data, no paths).
     ``integer_valued``: every voxel is an integer (no repair interpolated, integer slope and intercept).
     """
 
@@ -36,7 +43,7 @@ class DicomVolume:
     series_number: int | None
     description: str
     modality: str
-    provenance: dict[str, Any]
+    provenance: DicomProvenance
     label: str = ""
     integer_valued: bool = False
 
@@ -95,13 +102,14 @@ def load_candidate(
     frames = [cand.frames[i] for i in geom.order]
     stack, values = read_stack(frames, scan.folder, workers=options.workers)
     codes = {p.code: p for p in geom.problems}
-    repairs: list[dict[str, Any]] = []
+    repairs: list[Repair] = []
     origin = geom.ipp[0]
     dx, dy, dz = geom.spacing_mm
     if "tilt" in codes:
-        fixed = repair.detilt(stack, geom.ipp, geom.row_cos, geom.col_cos, (dx, dy), codes["tilt"].message)
+        fixed = repair.detilt(stack, geom.ipp, geom.row_cos, geom.col_cos, (dx, dy), codes["tilt"].message,
+                              geom.tilt_deg)
         stack, origin = fixed.stack, fixed.origin_lps
-        repairs.append({**fixed.record, "tilt_deg": round(geom.tilt_deg, 3)})
+        repairs.append(fixed.record)
     spacing_problem = codes.get("uneven") or codes.get("missing_slices")
     if spacing_problem is not None:
         stack, dz, record = repair.equalise(stack, geom.positions_mm, spacing_problem.message)
@@ -132,48 +140,32 @@ def _provenance(
     affine: np.ndarray,
     shape_kji: tuple[int, ...],
     values: Any,
-    repairs: list[dict[str, Any]],
+    repairs: list[Repair],
     warnings: list[str],
     value_range: tuple[float, float],
-) -> dict[str, Any]:
+) -> DicomProvenance:
     k, j, i = shape_kji
     syntaxes = sorted({f.fmt.syntax_name for f in cand.frames})
     if geom.normal is None:  # only established geometries reach the sidecar
         raise ValueError("geometry not established")
-    return {
-        "source": {
-            "series_uid": cand.series_uid,
-            "series_number": cand.series_number,
-            "label": cand.label,
-            "description": cand.description,
-            "modality": cand.modality,
-            "images": cand.n_images,
-            "split_by": cand.split,
-            "transfer_syntax": syntaxes,
-        },
-        "scan": {
-            "files": scan.n_files,
-            "skipped": scan.skipped_counts,
-            "other_volumes": [c.label for c in scan.candidates if c is not cand],
-        },
-        "decisions": [
+    return DicomProvenance(
+        source=SeriesSource(cand.series_uid, cand.series_number, cand.label, cand.description, cand.modality,
+                            cand.n_images, dict(cand.split), tuple(syntaxes)),
+        scan=ScanSummary(scan.n_files, dict(scan.skipped_counts),
+                         tuple(c.label for c in scan.candidates if c is not cand)),
+        decisions=(
             "slices sorted by position along the slice normal (not InstanceNumber or file name)",
             f"slice normal (LPS) {[round(float(v), 6) for v in geom.normal]}",
             "affine from ImageOrientationPatient, ImagePositionPatient and PixelSpacing; converted LPS to RAS+",
             *geom.notes,
             *candidate_notes(cand),
-        ],
-        "checks": _checks(geom, cand),
-        "repairs": repairs,
-        "values": {
-            "transform": values.rescale,
-            "high_bits_masked_voxels": values.masked_voxels,
-            "min": value_range[0],
-            "max": value_range[1],
-        },
-        "warnings": warnings,
-        "geometry": Grid((i, j, k), affine).to_json(),
-    }
+        ),
+        checks=_checks(geom, cand),
+        repairs=tuple(repairs),
+        values=ValueSummary(values.rescale, values.masked_voxels, value_range[0], value_range[1]),
+        warnings=tuple(warnings),
+        geometry=Grid((i, j, k), affine),
+    )
 
 
 def read_dicom_volume(
@@ -184,7 +176,7 @@ def read_dicom_volume(
 
     ``options.series`` picks a volume when the folder holds several (the error lists them). Gantry tilt and uneven
     or missing slices are refused unless ``options.allow_tilt`` / ``allow_uneven`` opt into resampling (recorded
-    in ``provenance["repairs"]``); see :class:`DicomOptions`.
+    in ``provenance.repairs``); see :class:`DicomOptions`.
     """
     scan = scan_folder(folder)
     options = options or DicomOptions()

@@ -223,7 +223,7 @@ def test_msd_count_differs_from_declared(tmp_path: Path) -> None:
 # ----- fingerprint ------------------------------------------------------------------------------------------
 def test_fingerprint_known_answers(tmp_path: Path) -> None:
     root = make_layout(tmp_path / "k", "kits", n=3)
-    fp = check_dataset(root).fingerprint
+    fp = check_dataset(root).fingerprint.to_json()
     assert fp["spacing_mm"]["median"] == [1.0, 1.0, 2.0] and fp["shape_vox"]["median"] == list(SHAPE)
     _, lab = phantom(0, (1, 2))
     n1, n2 = int((lab == 1).sum()), int((lab == 2).sum())
@@ -236,11 +236,11 @@ def test_fingerprint_known_answers(tmp_path: Path) -> None:
 
 def test_identity_changes_when_one_voxel_changes(tmp_path: Path) -> None:
     root = make_layout(tmp_path / "k", "kits", n=2)
-    before = check_dataset(root, read_images=False).fingerprint["identity"]
+    before = check_dataset(root, read_images=False).fingerprint.identity
     img, _ = phantom(0, (1, 2))
     img[0, 0, 0] += 1.0
     write_volume(root / "case_00000" / "imaging.nii.gz", img)
-    assert check_dataset(root, read_images=False).fingerprint["identity"] != before
+    assert check_dataset(root, read_images=False).fingerprint.identity != before
 
 
 # ----- splits -----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from medpipe.cli import app
 from medpipe.config import load_config
+from medpipe.datasets.fingerprint import FINGERPRINT_FORMAT, Fingerprint
 from medpipe.datasets.plan import estimate_vram_gb, plan_from_fingerprint, topology
 from medpipe.errors import DatasetError
 from medpipe.models.factory import build_model
@@ -19,16 +21,23 @@ runner = CliRunner()
 
 
 def fingerprint(spacing: list[float], shape: list[int], *, p10: list[float] | None = None, n: int = 100,
-                modality: str = "CT", channels: tuple[str, ...] = ("CT",)) -> dict:
-    return {
-        "dataset": {"root": "/data/x", "layout": "kits", "channels": list(channels),
-                    "labels": {"0": "background", "1": "kidney", "2": "tumor", "3": "cyst"}},
+                modality: str = "CT", channels: tuple[str, ...] = ("CT",)) -> Fingerprint:
+    def cls(name: str, voxels: int) -> dict:
+        return {"name": name, "voxels": voxels, "fraction": 0.0, "cases_present": int(voxels > 0)}
+
+    return Fingerprint.from_json({
+        "format": FINGERPRINT_FORMAT,
+        "dataset": {"root": "/data/x", "layout": "kits", "n_cases": n, "n_checked": n, "channels": list(channels),
+                    "labels": {"0": "background", "1": "kidney", "2": "tumor", "3": "cyst"}, "regions": {}},
         "identity": "0123456789abcdef", "modality": modality,
-        "spacing_mm": {"median": spacing, "p10": p10 or spacing},
+        "spacing_mm": {"median": spacing, "p10": p10 or spacing, "min": spacing, "max": spacing},
+        "shape_vox": {"median": shape, "p10": shape, "min": shape, "max": shape},
         "intensity_foreground": {channels[0]: {"p0_5": -79.0, "p99_5": 304.0}},
-        "classes": {"1": {"voxels": 10}, "2": {"voxels": 5}, "3": {"voxels": 0}},
-        "cases": [{"shape_ras": shape, "spacing_ras_mm": spacing}] * n,
-    }
+        "classes": {"1": cls("kidney", 10), "2": cls("tumor", 5), "3": cls("cyst", 0)},
+        "n_errors": 0, "n_warnings": 0,
+        "cases": [{"case_id": f"c{i}", "shape_ras": shape, "spacing_ras_mm": spacing, "orientation": "RAS",
+                   "label_voxels": {}} for i in range(n)],
+    })
 
 
 def test_ct_plan_known_answers() -> None:
@@ -73,8 +82,7 @@ def test_small_images_give_a_whole_image_patch_and_bigger_batches() -> None:
 
 
 def test_plan_needs_cases() -> None:
-    fp = fingerprint([1.0, 1.0, 1.0], [64, 64, 48])
-    fp["cases"] = []
+    fp = dataclasses.replace(fingerprint([1.0, 1.0, 1.0], [64, 64, 48]), cases=())
     with pytest.raises(DatasetError, match="no readable cases"):
         plan_from_fingerprint(fp)
 

@@ -194,8 +194,9 @@ def render_check(report: CheckReport, max_rows: int = 40) -> Any:
         lines.append(line)
     if len(ordered) > max_rows:
         lines.append(Text(f"... {len(ordered) - max_rows} more in the fingerprint JSON (-o)"))
-    lines.append(Text(f"{report.dataset.format} dataset, {fp['dataset']['n_cases']} cases, channels "
-                      f"{', '.join(fp['dataset']['channels'])}, modality {fp['modality']}, median spacing (RAS) "
-                      f"{fp['spacing_mm'].get('median')} mm: {len(report.errors)} errors, "
+    median = list(fp.spacing_mm.median) if fp.spacing_mm else None
+    lines.append(Text(f"{report.dataset.format} dataset, {fp.dataset.n_cases} cases, channels "
+                      f"{', '.join(fp.dataset.channels)}, modality {fp.modality}, median spacing (RAS) "
+                      f"{median} mm: {len(report.errors)} errors, "
                       f"{len(report.warnings)} warnings"))
     return Group(*lines)

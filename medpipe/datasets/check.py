@@ -16,11 +16,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from medpipe.datasets.fingerprint import CaseFacts, build_fingerprint
+from medpipe.datasets.fingerprint import CaseFacts, Fingerprint, build_fingerprint
 from medpipe.datasets.layouts import Case, Dataset, Issue, discover, raise_for
 from medpipe.errors import InputError
 from medpipe.io.atomic import write_json_atomic
@@ -42,7 +41,7 @@ class CheckReport:
     dataset: Dataset
     issues: list[Issue]
     facts: list[CaseFacts]
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint
 
     @property
     def errors(self) -> list[Issue]:
@@ -222,5 +221,5 @@ def check_dataset(root: str | Path, fmt: str = "auto", *, labels: dict[int, str]
 
 def save_fingerprint(report: CheckReport, path: str | Path) -> Path:
     """Write the fingerprint (with the issues) as JSON, atomically."""
-    write_json_atomic(path, {**report.fingerprint, "issues": [i.to_json() for i in report.issues]})
+    write_json_atomic(path, {**report.fingerprint.to_json(), "issues": [i.to_json() for i in report.issues]})
     return Path(path)

@@ -48,10 +48,10 @@ class CaseFacts:
         return cls(case_id, (shape[0], shape[1], shape[2]), (spacing[0], spacing[1], spacing[2]), grid.orientation,
                    n_channels)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"case_id": self.case_id, "shape_ras": list(self.shape),
-                "spacing_ras_mm": [round(s, 5) for s in self.spacing_mm], "orientation": self.orientation,
-                "label_voxels": {str(k): v for k, v in self.label_counts.items()}}
+    def summary(self) -> CaseSummary:
+        """What the fingerprint keeps of this case."""
+        return CaseSummary(self.case_id, tuple(self.shape), tuple(round(s, 5) for s in self.spacing_mm),
+                           self.orientation, dict(self.label_counts))
 
 
 def _file_digest(path: Path) -> str:
@@ -95,9 +95,146 @@ def guess_modality(channel_names: tuple[str, ...], intensity: dict[str, dict[str
     return "MR"
 
 
+@dataclass(frozen=True)
+class AxisStats:
+    """Median, 10th percentile, minimum and maximum over cases, per RAS axis."""
+
+    median: tuple[float, ...]
+    p10: tuple[float, ...]
+    minimum: tuple[float, ...]
+    maximum: tuple[float, ...]
+
+    @classmethod
+    def of(cls, a: np.ndarray) -> AxisStats | None:
+        if not len(a):
+            return None
+        r = lambda v: tuple(round(float(x), 5) for x in v)  # noqa: E731
+        return cls(r(np.median(a, axis=0)), r(np.percentile(a, 10, axis=0)), r(a.min(axis=0)), r(a.max(axis=0)))
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {"median": list(self.median), "p10": list(self.p10), "min": list(self.minimum),
+                "max": list(self.maximum)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AxisStats | None:
+        if not d:
+            return None
+        return cls(tuple(d["median"]), tuple(d["p10"]), tuple(d["min"]), tuple(d["max"]))
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Voxels of one label over the dataset, their fraction of all labelled voxels, and the cases it occurs in."""
+
+    name: str
+    voxels: int
+    fraction: float
+    cases_present: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "voxels": self.voxels, "fraction": self.fraction,
+                "cases_present": self.cases_present}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClassStats:
+        return cls(str(d["name"]), int(d["voxels"]), float(d["fraction"]), int(d["cases_present"]))
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    """One case in the fingerprint: shape and spacing along the RAS axes, orientation, label voxel counts."""
+
+    case_id: str
+    shape_ras: tuple[int, ...]
+    spacing_ras_mm: tuple[float, ...]
+    orientation: str
+    label_voxels: dict[int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case_id": self.case_id, "shape_ras": list(self.shape_ras),
+                "spacing_ras_mm": list(self.spacing_ras_mm), "orientation": self.orientation,
+                "label_voxels": {str(k): v for k, v in self.label_voxels.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CaseSummary:
+        return cls(str(d["case_id"]), tuple(int(v) for v in d["shape_ras"]),
+                   tuple(float(v) for v in d["spacing_ras_mm"]), str(d["orientation"]),
+                   {int(k): int(v) for k, v in d["label_voxels"].items()})
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    root: str
+    layout: str
+    n_cases: int
+    n_checked: int
+    channels: tuple[str, ...]
+    labels: dict[int, str]
+    regions: dict[str, tuple[int, ...]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root": self.root, "layout": self.layout, "n_cases": self.n_cases, "n_checked": self.n_checked,
+                "channels": list(self.channels), "labels": {str(k): v for k, v in self.labels.items()},
+                "regions": {k: list(v) for k, v in self.regions.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DatasetSummary:
+        return cls(str(d["root"]), str(d["layout"]), int(d["n_cases"]), int(d["n_checked"]),
+                   tuple(str(c) for c in d["channels"]), {int(k): str(v) for k, v in d["labels"].items()},
+                   {str(k): tuple(int(x) for x in v) for k, v in d.get("regions", {}).items()})
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What planning configures from (nnU-Net's idea): spacings and shapes along the RAS axes, foreground
+    intensity statistics per channel (``p0_5``, ``p50``, ``p99_5``, ``mean``, ``std``, ``min``, ``max``), label
+    statistics and every case, plus the dataset identity (:func:`data_identity`)."""
+
+    dataset: DatasetSummary
+    identity: str
+    modality: str
+    spacing_mm: AxisStats | None
+    shape_vox: AxisStats | None
+    intensity_foreground: dict[str, dict[str, float]]
+    classes: dict[int, ClassStats]
+    n_errors: int
+    n_warnings: int
+    cases: tuple[CaseSummary, ...]
+    format: str = field(default=FINGERPRINT_FORMAT)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "dataset": self.dataset.to_json(),
+            "identity": self.identity,
+            "modality": self.modality,
+            "spacing_mm": self.spacing_mm.to_json() if self.spacing_mm else {},
+            "shape_vox": self.shape_vox.to_json() if self.shape_vox else {},
+            "intensity_foreground": {k: dict(v) for k, v in self.intensity_foreground.items()},
+            "classes": {str(k): v.to_json() for k, v in self.classes.items()},
+            "n_errors": self.n_errors,
+            "n_warnings": self.n_warnings,
+            "cases": [c.to_json() for c in self.cases],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], source: str | Path = "<fingerprint>") -> Fingerprint:
+        if d.get("format") != FINGERPRINT_FORMAT:
+            raise DatasetError(f"unknown fingerprint format {d.get('format')!r}", path=source,
+                               hint=f"run `medpipe dataset check -o` again (this medpipe writes {FINGERPRINT_FORMAT})")
+        try:
+            return cls(DatasetSummary.from_json(d["dataset"]), str(d["identity"]), str(d["modality"]),
+                       AxisStats.from_json(d["spacing_mm"]), AxisStats.from_json(d["shape_vox"]),
+                       {str(k): {str(m): float(x) for m, x in v.items()} for k, v in d["intensity_foreground"].items()},
+                       {int(k): ClassStats.from_json(v) for k, v in d["classes"].items()}, int(d["n_errors"]),
+                       int(d["n_warnings"]), tuple(CaseSummary.from_json(c) for c in d["cases"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise DatasetError(f"malformed fingerprint ({type(err).__name__}: {err})", path=source) from err
+
+
 def build_fingerprint(ds: Dataset, facts: list[CaseFacts], labels: dict[int, str] | None,
-                      channel_names: tuple[str, ...], issues: list[Issue]) -> dict[str, Any]:
-    """The JSON-serialisable fingerprint of a checked dataset."""
+                      channel_names: tuple[str, ...], issues: list[Issue]) -> Fingerprint:
+    """The fingerprint of a checked dataset."""
     spacings = np.array([f.spacing_mm for f in facts]) if facts else np.zeros((0, 3))
     shapes = np.array([f.shape for f in facts]) if facts else np.zeros((0, 3))
     intensity: dict[str, dict[str, float]] = {}
@@ -112,28 +249,18 @@ def build_fingerprint(ds: Dataset, facts: list[CaseFacts], labels: dict[int, str
             present[v] = present.get(v, 0) + (n > 0)
     all_voxels = sum(totals.values()) or 1
     label_map = labels if labels is not None else {v: f"label_{v}" for v in sorted(totals)}
-    classes = {str(v): {"name": name, "voxels": totals.get(v, 0), "fraction": round(totals.get(v, 0) / all_voxels, 8),
-                        "cases_present": present.get(v, 0)} for v, name in sorted(label_map.items())}
-
-    def axis_stats(a: np.ndarray) -> dict[str, list[float]]:
-        if not len(a):
-            return {}
-        return {"median": [round(float(v), 5) for v in np.median(a, axis=0)],
-                "p10": [round(float(v), 5) for v in np.percentile(a, 10, axis=0)],
-                "min": [round(float(v), 5) for v in a.min(axis=0)], "max": [round(float(v), 5) for v in a.max(axis=0)]}
-
-    return {
-        "format": FINGERPRINT_FORMAT,
-        "dataset": {"root": str(ds.root), "layout": ds.format, "n_cases": len(ds.cases), "n_checked": len(facts),
-                    "channels": list(channel_names), "labels": {str(k): v for k, v in label_map.items()},
-                    "regions": {k: list(v) for k, v in ds.regions.items()}},
-        "identity": data_identity(ds.cases),
-        "modality": guess_modality(channel_names, intensity),
-        "spacing_mm": axis_stats(spacings),
-        "shape_vox": axis_stats(shapes),
-        "intensity_foreground": intensity,
-        "classes": classes,
-        "n_errors": sum(i.severity == "error" for i in issues),
-        "n_warnings": sum(i.severity == "warning" for i in issues),
-        "cases": [f.to_json() for f in facts],
-    }
+    classes = {v: ClassStats(name, totals.get(v, 0), round(totals.get(v, 0) / all_voxels, 8), present.get(v, 0))
+               for v, name in sorted(label_map.items())}
+    return Fingerprint(
+        dataset=DatasetSummary(str(ds.root), ds.format, len(ds.cases), len(facts), tuple(channel_names),
+                               dict(label_map), {k: tuple(v) for k, v in ds.regions.items()}),
+        identity=data_identity(ds.cases),
+        modality=guess_modality(channel_names, intensity),
+        spacing_mm=AxisStats.of(spacings),
+        shape_vox=AxisStats.of(shapes),
+        intensity_foreground=intensity,
+        classes=classes,
+        n_errors=sum(i.severity == "error" for i in issues),
+        n_warnings=sum(i.severity == "warning" for i in issues),
+        cases=tuple(f.summary() for f in facts),
+    )

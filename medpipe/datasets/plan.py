@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from medpipe.config import PipelineConfig, config_from_dict, dump_config
+from medpipe.datasets.fingerprint import Fingerprint
 from medpipe.errors import DatasetError
 from medpipe.io.atomic import write_text_atomic
 from medpipe.models.topology import dynunet_topology
@@ -83,9 +84,11 @@ def estimate_vram_gb(patch: list[int], batch: int, strides: list[list[int]], fil
     return VRAM_OVERHEAD_GB + (act + params * 16.0) / 1e9
 
 
-def _target_spacing(fp: dict[str, Any], notes: list[str]) -> list[float]:
-    med = [float(v) for v in fp["spacing_mm"]["median"]]
-    p10 = [float(v) for v in fp["spacing_mm"]["p10"]]
+def _target_spacing(fp: Fingerprint, notes: list[str]) -> list[float]:
+    if fp.spacing_mm is None:
+        raise DatasetError("the fingerprint holds no spacing statistics; run `medpipe dataset check` first")
+    med = [float(v) for v in fp.spacing_mm.median]
+    p10 = [float(v) for v in fp.spacing_mm.p10]
     target = list(med)
     worst = int(np.argmax(med))
     if max(med) / min(med) > 3.0:
@@ -98,8 +101,8 @@ def _target_spacing(fp: dict[str, Any], notes: list[str]) -> list[float]:
     return target
 
 
-def _median_shape(fp: dict[str, Any], target: list[float]) -> list[int]:
-    shapes = [np.asarray(c["shape_ras"]) * np.asarray(c["spacing_ras_mm"]) / np.asarray(target) for c in fp["cases"]]
+def _median_shape(fp: Fingerprint, target: list[float]) -> list[int]:
+    shapes = [np.asarray(c.shape_ras) * np.asarray(c.spacing_ras_mm) / np.asarray(target) for c in fp.cases]
     return [max(1, round(v)) for v in np.median(np.array(shapes), axis=0)]
 
 
@@ -124,16 +127,16 @@ def _fit_patch(median_shape: list[int], target: list[float], budget: float, in_c
         patch[axis] = max(8, fitted[axis] - div[axis])
 
 
-def plan_from_fingerprint(fp: dict[str, Any], *, gpu_mem_gb: float = 8.0, name: str = "") -> Plan:
+def plan_from_fingerprint(fp: Fingerprint, *, gpu_mem_gb: float = 8.0, name: str = "") -> Plan:
     """A DynUNet pipeline config for the fingerprinted dataset that fits ``gpu_mem_gb`` of GPU memory."""
-    if not fp.get("cases"):
+    if not fp.cases:
         raise DatasetError("the fingerprint holds no readable cases; run `medpipe dataset check` first")
     notes: list[str] = []
-    ds = fp["dataset"]
-    channels = [str(c) for c in ds["channels"]]
-    labels = {int(k): str(v) for k, v in ds["labels"].items()}
-    unseen = [v for v in labels if v != 0 and fp["classes"].get(str(v), {}).get("voxels", 0) == 0]
-    regions = {str(k): [int(x) for x in v] for k, v in ds.get("regions", {}).items()}
+    ds = fp.dataset
+    channels = list(ds.channels)
+    labels = dict(ds.labels)
+    unseen = [v for v in labels if v != 0 and (fp.classes[v].voxels if v in fp.classes else 0) == 0]
+    regions = {k: list(v) for k, v in ds.regions.items()}
     if unseen and not regions:
         notes.append(f"labels {unseen} ({', '.join(labels[v] for v in unseen)}) occur in no case: left out")
         labels = {k: v for k, v in labels.items() if k not in unseen}
@@ -144,8 +147,8 @@ def plan_from_fingerprint(fp: dict[str, Any], *, gpu_mem_gb: float = 8.0, name: 
     notes.append(f"median image {median_shape} voxels at target spacing; patch {patch} "
                  f"({depth} levels, strides {strides[1:]})")
     batch = 2
-    total_vox = float(np.sum([np.prod(np.asarray(c["shape_ras"]) * np.asarray(c["spacing_ras_mm"]) /
-                                      np.asarray(target)) for c in fp["cases"]]))
+    total_vox = float(np.sum([np.prod(np.asarray(c.shape_ras) * np.asarray(c.spacing_ras_mm) /
+                                      np.asarray(target)) for c in fp.cases]))
     max_batch = max(2, int(MAX_BATCH_FRACTION * total_vox / float(np.prod(patch))))
     filters = _filters(depth)
     while batch < max_batch and estimate_vram_gb(patch, batch + 1, strides, filters, len(channels),
@@ -154,10 +157,10 @@ def plan_from_fingerprint(fp: dict[str, Any], *, gpu_mem_gb: float = 8.0, name: 
     mem = estimate_vram_gb(patch, batch, strides, filters, len(channels), out_ch)
     notes.append(f"batch {batch} patches (~{mem:.1f} GB estimated of {gpu_mem_gb:g} GB; at most "
                  f"{MAX_BATCH_FRACTION:.0%} of the dataset's voxels per batch)")
-    modality = str(fp.get("modality", "MR"))
+    modality = fp.modality
     intensity: dict[str, Any] = {"intensity": "zscore_nonzero", "crop_foreground": True}
     if modality == "CT":
-        stats: dict[str, float] = next(iter(fp["intensity_foreground"].values()), {})
+        stats: dict[str, float] = next(iter(fp.intensity_foreground.values()), {})
         lo, hi = float(stats.get("p0_5", -1000.0)), float(stats.get("p99_5", 1000.0))
         if hi <= lo:
             hi = lo + 1.0
@@ -167,13 +170,12 @@ def plan_from_fingerprint(fp: dict[str, Any], *, gpu_mem_gb: float = 8.0, name: 
         notes.append("MR: per-channel z-score over non-zero voxels, crop to the non-zero box")
     samples = 2 if batch % 2 == 0 else 1
     raw: dict[str, Any] = {
-        "name": name or f"plan-{Path(str(ds['root'])).name}",
+        "name": name or f"plan-{Path(ds.root).name}",
         "modality": modality,
         "channels": channels,
         "labels": labels,
         "regions": regions,
-        "data": {"root": str(ds["root"]), "format": ds["layout"], "fold": 0, "n_folds": 5,
-                 "fingerprint": str(fp["identity"])},
+        "data": {"root": ds.root, "format": ds.layout, "fold": 0, "n_folds": 5, "fingerprint": fp.identity},
         "transforms": {"orientation": "RAS", "spacing_mm": [round(t, 5) for t in target], **intensity,
                        "patch_size_vox": patch, "samples_per_case": samples, "pos_fraction": 0.67,
                        "augment": True},

@@ -15,6 +15,7 @@ import medpipe
 from medpipe.cli.options import parse_labels, parse_tolerances
 from medpipe.errors import ConfigError, GeometryError, InputError
 from medpipe.evaluation.evaluate import evaluate, score_arrays
+from medpipe.evaluation.result import EvaluationSummary
 from tests.conftest import SHARED_DATA, make_affine
 
 AFFINE = make_affine(spacing=(0.8, 0.8, 2.0), origin=(-10.0, 5.0, 20.0))
@@ -58,6 +59,7 @@ def test_folders_are_matched_and_all_outputs_written(tmp_path: Path) -> None:
     row = next(r for r in result.rows if r.case == "case_2" and r.label == 1)
     assert row.hd_mm == pytest.approx(1.6)  # shifted by 2 voxels of 0.8 mm
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert EvaluationSummary.from_json(summary).to_json() == summary  # the record round-trips its JSON
     assert summary["missing_predictions"] == ["case_9"]
     assert summary["labels"]["1"]["metrics"]["dice"]["n"] == 3
     assert summary["labels"]["1"]["empty"] == {"none": 3, "both": 0, "ref": 0, "pred": 0}
@@ -146,7 +148,7 @@ def test_score_arrays_is_the_validation_fast_path() -> None:
 def test_voxel_convention_and_tolerances(tmp_path: Path) -> None:
     pred, ref = _folders(tmp_path, 2)
     result = evaluate(pred, ref, surface="voxel", nsd_tolerance_mm={1: 0.5, 2: 5.0}, labels={1: "a", 2: "b"})
-    assert result.settings["nsd_tolerance_mm"] == {1: 0.5, 2: 5.0}
+    assert result.settings.nsd_tolerance_mm == {1: 0.5, 2: 5.0}
     shifted = [r for r in result.rows if r.case == "case_1"]
     assert shifted[0].nsd < 1.0 and shifted[1].nsd == 1.0  # type: ignore[operator]
     with pytest.raises(ConfigError):

@@ -47,9 +47,9 @@ def test_empty_cases_follow_the_default_policy() -> None:
         assert by[k].dice == 0.0 and by[k].iou == 0.0 and by[k].nsd == 0.0
         assert math.isnan(by[k].hd95_mm) and math.isnan(by[k].hd_mm)  # type: ignore[arg-type]
     summary = summarize(rows)
-    assert summary["2"]["empty"] == {"none": 0, "both": 0, "ref": 1, "pred": 0}
-    assert summary["2"]["metrics"]["hd95_mm"]["n_undefined"] == 1  # type: ignore[index]
-    assert summary["2"]["metrics"]["hd95_mm"]["mean"] is None  # type: ignore[index]
+    assert summary[2].empty == {"none": 0, "both": 0, "ref": 1, "pred": 0}
+    assert summary[2].metrics["hd95_mm"].n_undefined == 1
+    assert summary[2].metrics["hd95_mm"].mean is None
 
 
 def test_brats_policy_penalises_and_custom_policy_applies() -> None:

@@ -63,4 +63,4 @@ def test_lesion_table_and_csv_for_brats(tmp_path: Path) -> None:
     assert wt.lesions.dice == 0.5  # (1 + 0) / (1 lesion + 1 false positive)
     assert (tmp_path / "out" / "lesions.csv").read_text().count("\n") == 4  # header + WT, TC, ET lesions
     assert "Lesion-wise" in (tmp_path / "out" / "report.html").read_text()
-    assert result.summary["1"]["lesions"]["fp_per_case"] == 1.0  # type: ignore[index]
+    assert result.summary[1].lesions is not None and result.summary[1].lesions.fp_per_case == 1.0

@@ -20,8 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from medpipe.datasets.check import CheckReport
-from medpipe.evaluation.evaluate import EvaluationResult
 from medpipe.evaluation.report import caption_text, fmt_stat, label_title
+from medpipe.evaluation.result import EvaluationResult
 from medpipe.inference.batch import CaseResult, InferResult
 from medpipe.io.dicom.convert import ConvertResult
 from medpipe.io.inspect import InfoResult
@@ -102,26 +102,26 @@ def render_infer(console: Console, result: InferResult) -> None:
 
 def render_table(result: EvaluationResult) -> Table:
     """Per-label summary for the terminal: Dice mean ± sd, HD95/ASSD median [IQR] (mm), NSD, empty counts."""
-    tol = result.settings.get("nsd_tolerance_mm", {})
-    table = Table(title=f"Evaluation: {len(result.cases)} case(s), preset {result.settings.get('preset')}",
+    tol = result.settings.nsd_tolerance_mm
+    table = Table(title=f"Evaluation: {len(result.cases)} case(s), preset {result.settings.preset}",
                   caption=caption_text(result), caption_justify="left")
     for col, just in (("label", "left"), ("n", "right"), ("Dice", "right"), ("HD95 mm", "right"),
                       ("ASSD mm", "right"), ("NSD", "right"), ("empty both/ref/pred", "center")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
-    lesion = any("lesions" in e for e in result.summary.values())
+    lesion = any(e.lesions is not None for e in result.summary.values())
     if lesion:
         table.add_column("lesion Dice", justify="right")
         table.add_column("lesions TP/FN/FP", justify="center")
     for key, entry in result.summary.items():
-        empty = entry["empty"]
-        t = tol.get(int(key)) if isinstance(tol, dict) else None  # type: ignore[call-overload]
-        cells = [label_title(int(key), str(entry["label_name"])), str(entry["n_cases"]), fmt_stat(entry, "dice"),
+        empty = entry.empty
+        t = tol.get(key)
+        cells = [label_title(key, entry.label_name), str(entry.n_cases), fmt_stat(entry, "dice"),
                  fmt_stat(entry, "hd95_mm", "median"), fmt_stat(entry, "assd_mm", "median"),
                  fmt_stat(entry, "nsd") + (f" @{t:g} mm" if t is not None else ""),
-                 f"{empty['both']}/{empty['ref']}/{empty['pred']}"]  # type: ignore[index]
+                 f"{empty['both']}/{empty['ref']}/{empty['pred']}"]
         if lesion:
-            les: dict[str, int] = entry.get("lesions") or {}  # type: ignore[assignment]
-            cells += [fmt_stat(entry, "lesion_dice"), f"{les.get('tp', 0)}/{les.get('fn', 0)}/{les.get('fp', 0)}"]
+            les = entry.lesions
+            cells += [fmt_stat(entry, "lesion_dice"), f"{les.tp}/{les.fn}/{les.fp}" if les else "0/0/0"]
         table.add_row(*cells)
     return table
 

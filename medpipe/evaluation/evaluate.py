@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from medpipe.evaluation.metrics.regions import Region, get_preset, tolerance_for
 from medpipe.evaluation.metrics.scoring import MetricRow, score_arrays
 from medpipe.evaluation.metrics.summary import summarize
 from medpipe.evaluation.metrics.surface import CONVENTIONS
+from medpipe.evaluation.result import EvaluationResult, EvaluationSettings
 from medpipe.io.atomic import ensure_writable_dir
 from medpipe.io.geometry import Grid, describe_mismatch, grids_match
 from medpipe.io.nifti import NIFTI_SUFFIXES, case_id_from_path, is_nifti_path, load_label
@@ -27,33 +27,6 @@ __all__ = ["EvaluationResult", "evaluate", "match_cases", "score_arrays"]
 
 #: Callback ``progress(done, total, case)`` after each case.
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    """What :func:`evaluate` computed and wrote.
-
-    ``rows``: one per case × label (or region), cases in name order. ``summary``: per-label statistics keyed by
-    label id (see :func:`medpipe.evaluation.metrics.summary.summarize`). ``empty_counts``: per label id, the number of
-    cases where both / the reference / the prediction masks are empty. ``missing_predictions``: reference
-    cases without a prediction (reported, not scored). ``resampled``: cases whose prediction was resampled
-    onto the reference grid. ``settings``: preset, surface convention, tolerances, empty policy. ``paths``:
-    files written (empty when ``out_dir`` is None).
-    """
-
-    rows: tuple[MetricRow, ...]
-    summary: dict[str, dict[str, object]]
-    empty_counts: dict[int, dict[str, int]]
-    cases: tuple[str, ...]
-    missing_predictions: tuple[str, ...]
-    resampled: tuple[str, ...]
-    settings: dict[str, object]
-    paths: dict[str, Path] = field(default_factory=dict)
-    overlays: dict[str, bytes] = field(default_factory=dict, repr=False)
-
-    def rows_for(self, label: int) -> list[MetricRow]:
-        """The rows of one label id."""
-        return [r for r in self.rows if r.label == label]
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
@@ -206,22 +179,15 @@ def evaluate(
                                 nsd_tolerance_mm=tolerances.get(region.id), lesion_rule=rule)[0]
 
         rows = _fill_absent(rows, [c for c, _, _ in pairs], score_empty)
-    summary = summarize(rows)
+    settings = EvaluationSettings(
+        preset=chosen.name, preset_description=chosen.description, surface=surface, nsd_tolerance_mm=tolerances,
+        empty_policy=policy, lesion_rule=rule, pred=str(pred), ref=str(ref),
+        image=None if image is None else str(image), cases_without_image=tuple(no_image),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
     result = EvaluationResult(
-        rows=tuple(rows),
-        summary=summary,
-        empty_counts={int(k): dict(v["empty"]) for k, v in summary.items()},  # type: ignore[call-overload]
-        cases=tuple(c for c, _, _ in pairs),
-        missing_predictions=tuple(missing),
-        resampled=tuple(resampled),
-        settings={
-            "preset": chosen.name, "preset_description": chosen.description, "surface": surface,
-            "nsd_tolerance_mm": tolerances, "empty_policy": policy.to_json(),
-            "empty_policy_text": policy.describe(), "lesion_rule": None if rule is None else rule.__dict__,
-            "pred": str(pred), "ref": str(ref), "image": None if image is None else str(image),
-            "cases_without_image": no_image, "seconds": round(time.perf_counter() - t0, 3),
-        },
-        overlays=overlays,
+        rows=tuple(rows), summary=summarize(rows), cases=tuple(c for c, _, _ in pairs),
+        missing_predictions=tuple(missing), resampled=tuple(resampled), settings=settings, overlays=overlays,
     )
     if out_dir is None:
         return result

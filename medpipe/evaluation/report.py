@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medpipe.evaluation.metrics.summary import json_safe
+from medpipe.evaluation.result import EvaluationResult, EvaluationSummary, LabelSummary
 from medpipe.io.atomic import write_json_atomic, write_text_atomic
+from medpipe.runtime import __version__
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from medpipe.evaluation.evaluate import EvaluationResult
     from medpipe.evaluation.metrics.regions import Region
     from medpipe.evaluation.metrics.scoring import MetricRow
     from medpipe.io.geometry import Grid
@@ -42,22 +42,21 @@ def _fmt(value: object, digits: int = 3) -> str:
     return str(value)
 
 
-def fmt_stat(entry: dict[str, object], metric: str, style: str = "mean") -> str:
+def fmt_stat(entry: LabelSummary, metric: str, style: str = "mean") -> str:
     """A summary statistic as table text: mean ± sd, or median [IQR]; undefined counts are shown."""
-    stats = entry["metrics"].get(metric)  # type: ignore[attr-defined]
-    if not stats or stats["n"] == 0:
-        return "–" if not stats else f"undefined ×{stats['n_undefined']}"
+    stats = entry.metrics.get(metric)
+    if stats is None or stats.n == 0:
+        return "–" if stats is None else f"undefined ×{stats.n_undefined}"
     if style == "median":
-        text = f"{stats['median']:.2f} [{stats['q1']:.2f}–{stats['q3']:.2f}]"
+        text = f"{stats.median:.2f} [{stats.q1:.2f}–{stats.q3:.2f}]"
     else:
-        text = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
-    return text + (f" (+{stats['n_undefined']} undef.)" if stats["n_undefined"] else "")
+        text = f"{stats.mean:.3f} ± {stats.std:.3f}"
+    return text + (f" (+{stats.n_undefined} undef.)" if stats.n_undefined else "")
 
 
 def caption_text(result: EvaluationResult) -> str:
     """The notes under a results table: surface convention, empty policy, missing and resampled cases."""
-    lines = [f"Surface convention: {result.settings.get('surface')}. " + " ".join(
-        result.settings.get("empty_policy_text", []))]  # type: ignore[arg-type]
+    lines = [f"Surface convention: {result.settings.surface}. " + " ".join(result.settings.empty_policy.describe())]
     missing = result.missing_predictions
     if missing:
         more = " ..." if len(missing) > 8 else ""
@@ -114,11 +113,11 @@ def boxplots_png(result: EvaluationResult) -> bytes:
     """Box plots per label of Dice, HD95 (mm) and NSD, with every case as a dot."""
     from matplotlib.figure import Figure
 
-    labels = [int(k) for k in result.summary]
+    labels = list(result.summary)
     panels = [("dice", "Dice"), ("hd95_mm", "HD95 (mm)"), ("nsd", "NSD")]
     fig = Figure(figsize=(12, 1.2 + 0.45 * max(len(labels), 3)), layout="constrained")
     rng = np.random.default_rng(0)
-    names = [label_title(k, str(result.summary[str(k)]["label_name"])) for k in labels]
+    names = [label_title(k, result.summary[k].label_name) for k in labels]
     for i, (field, title) in enumerate(panels):
         ax = fig.add_subplot(1, 3, i + 1)
         data = [[float(getattr(r, field)) for r in result.rows_for(k) if getattr(r, field) is not None
@@ -230,40 +229,36 @@ def render_html(result: EvaluationResult) -> str:
     """The whole report as one HTML string with embedded figures."""
     e = html.escape
     s = result.settings
-    parts = [f"<h1>medpipe evaluation</h1><div class=sub>{len(result.cases)} case(s) · preset <b>{e(str(s['preset']))}"
-             f"</b> ({e(str(s['preset_description']))}) · surface convention <b>{e(str(s['surface']))}</b> · "
-             f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}<br>prediction <code>{e(str(s['pred']))}</code> · "
-             f"reference <code>{e(str(s['ref']))}</code></div>"]
+    parts = [f"<h1>medpipe evaluation</h1><div class=sub>{len(result.cases)} case(s) · preset <b>{e(s.preset)}"
+             f"</b> ({e(s.preset_description)}) · surface convention <b>{e(s.surface)}</b> · "
+             f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}<br>prediction <code>{e(s.pred)}</code> · "
+             f"reference <code>{e(s.ref)}</code></div>"]
     warnings = [e(line) for line in caption_text(result).splitlines()[1:]]
-    undefined = [f"{e(label_title(int(k), str(v['label_name'])))}: {m} undefined in {st['n_undefined']} case(s)"
-                 for k, v in result.summary.items() for m, st in v["metrics"].items()  # type: ignore[attr-defined]
-                 if st["n_undefined"]]
+    undefined = [f"{e(label_title(k, v.label_name))}: {m} undefined in {st.n_undefined} case(s)"
+                 for k, v in result.summary.items() for m, st in v.metrics.items() if st.n_undefined]
     if warnings or undefined:
         parts.append("<div class=warn>" + "<br>".join(warnings + undefined) + "</div>")
-    tol = s.get("nsd_tolerance_mm", {})
     rows = []
     for key, v in result.summary.items():
-        em = v["empty"]
-        t = tol.get(int(key)) if isinstance(tol, dict) else None  # type: ignore[call-overload]
-        rows.append([e(label_title(int(key), str(v["label_name"]))), v["n_cases"], fmt_stat(v, "dice"),
-                     fmt_stat(v, "iou"),
+        em = v.empty
+        t = s.nsd_tolerance_mm.get(key)
+        rows.append([e(label_title(key, v.label_name)), v.n_cases, fmt_stat(v, "dice"), fmt_stat(v, "iou"),
                      fmt_stat(v, "hd_mm", "median"), fmt_stat(v, "hd95_mm", "median"), fmt_stat(v, "assd_mm", "median"),
                      fmt_stat(v, "nsd") + (f" @{t:g} mm" if t is not None else ""),
-                     f"{em['both']} / {em['ref']} / {em['pred']}"])  # type: ignore[index]
+                     f"{em['both']} / {em['ref']} / {em['pred']}"])
     parts += ["<h2>Summary per label</h2>", _table(
         ["label", "cases", "Dice mean ± sd", "IoU mean ± sd", "HD mm median [IQR]", "HD95 mm median [IQR]",
          "ASSD mm median [IQR]", "NSD mean ± sd", "empty both / ref / pred"], rows)]
-    if any("lesions" in v for v in result.summary.values()):
-        les = [[e(label_title(int(k), str(v["label_name"]))), fmt_stat(v, "lesion_dice"), fmt_stat(v, "lesion_hd95_mm"),
-                v["lesions"]["ref_lesions"], v["lesions"]["tp"], v["lesions"]["fn"], v["lesions"]["fp"],  # type: ignore[index]
-                _fmt(v["lesions"]["sensitivity"]), _fmt(v["lesions"]["fp_per_case"], 2)]  # type: ignore[index]
-               for k, v in result.summary.items() if "lesions" in v]
+    les = [[e(label_title(k, v.label_name)), fmt_stat(v, "lesion_dice"), fmt_stat(v, "lesion_hd95_mm"),
+            v.lesions.ref_lesions, v.lesions.tp, v.lesions.fn, v.lesions.fp, _fmt(v.lesions.sensitivity),
+            _fmt(v.lesions.fp_per_case, 2)] for k, v in result.summary.items() if v.lesions is not None]
+    if les:
         parts += ["<h2>Lesion-wise (BraTS-2023 rules)</h2>", _table(
             ["label", "lesion Dice", "lesion HD95 mm", "ref lesions", "TP", "FN", "FP", "sensitivity",
              "FP / case"], les)]
     parts += ["<h2>Distribution per label</h2>", _img(boxplots_png(result), "box plots per label")]
-    policy = "".join(f"<li>{e(line)}</li>" for line in s["empty_policy_text"])  # type: ignore[attr-defined]
-    parts.append(f"<h2>Definitions</h2><div class=note><ul>{policy}<li>{e(_DEFINITIONS[str(s['surface'])])}</li>"
+    policy = "".join(f"<li>{e(line)}</li>" for line in s.empty_policy.describe())
+    parts.append(f"<h2>Definitions</h2><div class=note><ul>{policy}<li>{e(_DEFINITIONS[s.surface])}</li>"
                  "<li>Dice = 2·TP/(2·TP+FP+FN); IoU = TP/(TP+FP+FN); volumes in mL from the header spacing; "
                  "distances in mm. See docs/metrics.md.</li></ul></div>")
     order = _case_order(result)
@@ -304,18 +299,7 @@ _DEFINITIONS = {
 
 def summary_json(result: EvaluationResult) -> dict[str, object]:
     """The content of ``summary.json``."""
-    from medpipe.runtime import __version__
-
-    return json_safe({
-        "medpipe_version": __version__,
-        "settings": result.settings,
-        "n_cases": len(result.cases),
-        "cases": list(result.cases),
-        "missing_predictions": list(result.missing_predictions),
-        "resampled_cases": list(result.resampled),
-        "empty_counts": {str(k): v for k, v in result.empty_counts.items()},
-        "labels": result.summary,
-    })  # type: ignore[return-value]
+    return EvaluationSummary.of(result, __version__).to_json()
 
 
 def write_report(result: EvaluationResult, out_dir: Path) -> EvaluationResult:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from medpipe.evaluation.metrics.empty import EMPTY_CASES
 from medpipe.evaluation.metrics.scoring import MetricRow
+from medpipe.evaluation.result import LabelSummary, LesionTotals, MetricStats
 
 #: Row fields summarised, in report order.
 SUMMARY_FIELDS = (
@@ -17,23 +17,21 @@ SUMMARY_FIELDS = (
 )
 
 
-def describe(values: Sequence[float]) -> dict[str, float | int | None]:
+def describe(values: Sequence[float]) -> MetricStats:
     """Statistics of the finite values; ``n_undefined`` counts NaNs (never silently dropped)."""
     arr = np.asarray(values, dtype=float)
     ok = arr[~np.isnan(arr)]
-    stats: dict[str, float | int | None] = {"n": int(ok.size), "n_undefined": int(arr.size - ok.size)}
     if ok.size == 0:
-        return stats | dict.fromkeys(("mean", "std", "median", "q1", "q3", "min", "max"))
+        return MetricStats(0, int(arr.size))
     q1, med, q3 = np.percentile(ok, [25, 50, 75])
-    return stats | {
-        "mean": float(ok.mean()), "std": float(ok.std(ddof=1)) if ok.size > 1 else 0.0, "median": float(med),
-        "q1": float(q1), "q3": float(q3), "min": float(ok.min()), "max": float(ok.max()),
-    }
+    return MetricStats(int(ok.size), int(arr.size - ok.size), float(ok.mean()),
+                       float(ok.std(ddof=1)) if ok.size > 1 else 0.0, float(med), float(q1), float(q3),
+                       float(ok.min()), float(ok.max()))
 
 
-def summarize(rows: Sequence[MetricRow]) -> dict[str, dict[str, object]]:
-    """Per label (keyed by the label id as a string): name, values, case counts per empty case, statistics."""
-    out: dict[str, dict[str, object]] = {}
+def summarize(rows: Sequence[MetricRow]) -> dict[int, LabelSummary]:
+    """Per label id: name, values, case counts per empty case, statistics of every metric."""
+    out: dict[int, LabelSummary] = {}
     for label in sorted({r.label for r in rows}):
         mine = [r for r in rows if r.label == label]
         records = [r.to_record() for r in mine]
@@ -42,31 +40,12 @@ def summarize(rows: Sequence[MetricRow]) -> dict[str, dict[str, object]]:
             vals = [rec[name] for rec in records if rec.get(name) is not None]
             if vals:
                 metrics[name] = describe([float(v) for v in vals])  # type: ignore[arg-type]
-        entry: dict[str, object] = {
-            "label_name": mine[0].label_name,
-            "label_values": list(mine[0].label_values),
-            "n_cases": len(mine),
-            "empty": {kind: sum(1 for r in mine if r.empty == kind) for kind in EMPTY_CASES},
-            "metrics": metrics,
-        }
         lesion = [r.lesions for r in mine if r.lesions is not None]
+        totals = None
         if lesion:
             tp, fn, fp = (sum(getattr(s, k) for s in lesion) for k in ("tp", "fn", "fp"))
-            entry["lesions"] = {
-                "ref_lesions": tp + fn, "tp": tp, "fn": fn, "fp": fp,
-                "sensitivity": tp / (tp + fn) if tp + fn else None,
-                "fp_per_case": fp / len(lesion),
-            }
-        out[str(label)] = entry
+            totals = LesionTotals(tp + fn, tp, fn, fp, tp / (tp + fn) if tp + fn else None, fp / len(lesion))
+        out[label] = LabelSummary(mine[0].label_name, tuple(mine[0].label_values), len(mine),
+                                  {kind: sum(1 for r in mine if r.empty == kind) for kind in EMPTY_CASES}, metrics,
+                                  totals)
     return out
-
-
-def json_safe(obj: object) -> object:
-    """Replace NaN/inf floats by None (JSON has no NaN) recursively."""
-    if isinstance(obj, float):
-        return None if not math.isfinite(obj) else obj
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj

@@ -9,6 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.services.orthanc import orthanc  # noqa: F401  (session fixture: a real Orthanc with DICOMweb)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -1,0 +1,118 @@
+"""``medpipe infer --push URL``: after a successful case, send its DICOM SEG (``<case>.seg.dcm``) back to the
+DICOMweb server, and record the outcome in the case's sidecar under ``dicomweb_push``.
+
+A case counts as pushed only when the server confirmed the SEG instance; a re-run that skips an already
+segmented case still pushes it unless the sidecar records a confirmed push of the same SEG to the same server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medpipe.errors import ConfigError, MedpipeError
+from medpipe.io.atomic import write_json_atomic
+from medpipe.io.dicomweb import DicomwebOptions, push
+from medpipe.io.dicomweb_auth import check_url, resolve_credentials, server_name
+
+SIDECAR_KEY = "dicomweb_push"
+SEG_SUFFIX = ".seg.dcm"
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    """Where ``infer`` sends each case's SEG (credentials are looked up by the library, never stored here)."""
+
+    url: str
+    options: DicomwebOptions = field(default_factory=DicomwebOptions)
+
+
+@dataclass(frozen=True)
+class CasePush:
+    """The push of one case's SEG: ``status`` ok (the server confirmed it) or failed (``reason`` says why)."""
+
+    server: str
+    file: str
+    status: str
+    sop_instance_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"server": self.server, "file": self.file, "status": self.status,
+                "sop_instance_uid": self.sop_instance_uid, "study_uid": self.study_uid,
+                "series_uid": self.series_uid, "reason": self.reason}
+
+
+def check_push_formats(formats: Collection[str], target: PushTarget | None) -> None:
+    """Before any work: ``--push`` sends the DICOM SEG, so it needs ``dicom-seg`` among the output formats."""
+    if target is None:
+        return
+    if "dicom-seg" not in formats:
+        raise ConfigError(f"--push sends each case's DICOM SEG (<case>{SEG_SUFFIX}), but the output formats are "
+                          f"{', '.join(formats) or 'none'}", hint="add --format dicom-seg (e.g. --format "
+                                                                   "nifti,dicom-seg)")
+    preflight(target)
+
+
+def preflight(target: PushTarget) -> None:
+    """A usable URL and credentials that can be found, checked before any case is segmented."""
+    resolve_credentials(check_url(target.url), target.options.netrc_file)
+
+
+def push_case(out_dir: Path, case_id: str, target: PushTarget) -> CasePush:
+    """Push ``out_dir/<case_id>.seg.dcm`` (unless the sidecar records it as pushed) and record the outcome."""
+    seg = out_dir / f"{case_id}{SEG_SUFFIX}"
+    side = out_dir / f"{case_id}.json"
+    server = server_name(target.url)
+    if not seg.is_file():
+        outcome = CasePush(server, seg.name, "failed", reason=f"no {seg.name} was written to push "
+                                                               "(--push needs --format dicom-seg)")
+    elif (done := _already_pushed(side, seg, server)) is not None:
+        return done
+    else:
+        outcome = _push(seg, server, target)
+    _record(side, outcome)
+    return outcome
+
+
+def _push(seg: Path, server: str, target: PushTarget) -> CasePush:
+    try:
+        result = push(target.url, [seg], options=target.options)
+    except MedpipeError as err:
+        return CasePush(server, seg.name, "failed", reason=err.message)
+    (inst,) = result.instances
+    return CasePush(result.server, seg.name, "ok" if inst.status == "stored" else "failed", inst.sop_instance_uid,
+                    inst.study_uid, inst.series_uid, inst.reason)
+
+
+def _already_pushed(side: Path, seg: Path, server: str) -> CasePush | None:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        prior = json.loads(side.read_text()).get(SIDECAR_KEY) or {}
+        sop = str(pydicom.dcmread(seg, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+    except (OSError, json.JSONDecodeError, InvalidDicomError, AttributeError):
+        return None
+    if prior.get("status") == "ok" and prior.get("server") == server and prior.get("sop_instance_uid") == sop:
+        return CasePush(**{k: prior.get(k) for k in CasePush.__dataclass_fields__})
+    return None
+
+
+def _record(side: Path, outcome: CasePush) -> None:
+    """Add the outcome to the case's sidecar (rewritten atomically); a case without a sidecar has nothing to add to."""
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    meta[SIDECAR_KEY] = outcome.to_json()
+    write_json_atomic(side, meta)

@@ -96,10 +96,10 @@ def render_infer(console: Console, result: InferResult) -> None:
         table.add_column(col)
     style = {"ok": "green", "skipped": "cyan", "failed": "red"}
     for c in result.cases:
-        shown = c.error if c.status == "failed" else str(c.mask or "")
+        shown = (c.error or "") if c.status == "failed" else str(c.mask or "")
         if c.push is not None and c.push.ok:
             shown += f" (SEG pushed to {c.push.server})"
-        table.add_row(c.case_id, f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}", shown or "")
+        table.add_row(c.case_id, f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}", shown)
     console.print(table)
 
 

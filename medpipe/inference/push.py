@@ -104,7 +104,7 @@ def _already_pushed(side: Path, seg: Path, server: str) -> CasePush | None:
     except (OSError, json.JSONDecodeError, InvalidDicomError, AttributeError):
         return None
     if prior.get("status") == "ok" and prior.get("server") == server and prior.get("sop_instance_uid") == sop:
-        return CasePush(**{k: prior.get(k) for k in CasePush.__dataclass_fields__})
+        return CasePush(server, seg.name, "ok", sop, prior.get("study_uid"), prior.get("series_uid"))
     return None
 
 

@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -230,14 +231,28 @@ def _pull_series(conn: _Connection, study_uid: str, series_uid: str, out_dir: Pa
         if dest.is_file():
             present += 1
             continue
-        ds = conn.call(f"retrieving instance {sop}",
-                       lambda sop=sop: conn.client.retrieve_instance(study_uid, series_uid, sop,
-                                                                     media_types=(("application/dicom", "*"),)))
+        ds = conn.call(f"retrieving instance {sop}", partial(_retrieve, conn, study_uid, series_uid, sop))
         if str(getattr(ds, "SOPInstanceUID", "")) != sop:
             raise RemoteError(f"retrieving instance {sop}: the server sent another instance", path=conn.server)
-        write_with(dest, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=True))
+        write_with(dest, partial(_save, ds))
         downloaded += 1
     return PulledSeries(series_uid, folder, len(sops), downloaded, present)
+
+
+def _save(ds: Any, tmp: Path) -> None:
+    ds.save_as(tmp, enforce_file_format=True)
+
+
+def _retrieve(conn: _Connection, study_uid: str, series_uid: str, sop: str) -> Any:
+    """One instance as stored (any transfer syntax); a server that cannot send that (HTTP 406) sends its default."""
+    import requests
+
+    try:
+        return conn.client.retrieve_instance(study_uid, series_uid, sop, media_types=(("application/dicom", "*"),))
+    except requests.HTTPError as err:
+        if err.response is None or err.response.status_code != 406:
+            raise
+    return conn.client.retrieve_instance(study_uid, series_uid, sop)
 
 
 @dataclass(frozen=True)
@@ -264,8 +279,7 @@ def push(url: str, files: Sequence[Path], *, study_uid: str | None = None,
     results: list[PushedInstance] = []
     for batch in _batches(headers):
         try:
-            response = conn.call(f"storing {len(batch)} instance(s)",
-                                 lambda batch=batch: _store(conn, batch, study_uid))
+            response = conn.call(f"storing {len(batch)} instance(s)", partial(_store, conn, batch, study_uid))
         except MedpipeError as err:
             stored = sum(r.status == "stored" for r in results)
             raise RemoteError(f"{err.message}; {stored} of {len(headers)} instance(s) were stored before this "

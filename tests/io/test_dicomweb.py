@@ -66,6 +66,9 @@ def test_push_then_pull_round_trip(orthanc: Orthanc, creds: None, tmp_path: Path
     study = str(pydicom.dcmread(series.files[0]).StudyInstanceUID)
     # Orthanc's own REST API (not DICOMweb) counts the 8 new instances
     assert orthanc.get_json("/statistics")["CountInstances"] == before + 8  # type: ignore[index]
+    # the same instances again (what a retried batch does): confirmed, not duplicated
+    assert push(orthanc.dicomweb, series.files, options=FAST).ok
+    assert orthanc.get_json("/statistics")["CountInstances"] == before + 8  # type: ignore[index]
     pulled = pull(orthanc.dicomweb, study, out_dir=tmp_path / "pulled", options=FAST)
     assert [s.series_uid for s in pulled.series] == [series.series_uid]
     assert pulled.n_instances == 8 and pulled.series[0].n_downloaded == 8

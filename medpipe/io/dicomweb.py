@@ -84,7 +84,8 @@ class PullResult:
 
 @dataclass(frozen=True)
 class PushedInstance:
-    """One file of a push: ``status`` is stored (the server confirmed it) or failed (with the reason)."""
+    """One file of a push (``file``: as given, or ``NAME in FOLDER``): ``status`` is stored (the server confirmed
+    it) or failed (with the reason)."""
 
     file: str
     sop_instance_uid: str
@@ -258,6 +259,7 @@ def _retrieve(conn: _Connection, study_uid: str, series_uid: str, sop: str) -> A
 @dataclass(frozen=True)
 class _Header:
     path: Path
+    shown: str
     sop_instance_uid: str
     study_uid: str
     series_uid: str
@@ -288,25 +290,27 @@ def push(url: str, files: Sequence[Path], *, study_uid: str | None = None,
     return PushResult(conn.server, tuple(results))
 
 
-def collect_dicom_files(paths: Sequence[Path]) -> list[Path]:
-    """Files as given (each must be DICOM Part 10) and every DICOM Part 10 file under folders (hidden skipped)."""
-    found: list[Path] = []
+def collect_dicom_files(paths: Sequence[Path]) -> list[tuple[Path, str]]:
+    """Files as given (each must be DICOM Part 10) and every DICOM Part 10 file under folders (hidden skipped),
+    each with how messages name it: as given, or ``NAME in FOLDER`` for a file found inside a given folder
+    (sub-folder names of PACS exports can carry patient names; they are never shown)."""
+    found: dict[Path, str] = {}
     for p in map(Path, paths):
         if p.is_dir():
             inside = [f for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")
                       and _is_part10(f)]
             if not inside:
                 raise InputError("no DICOM files in this folder", path=p)
-            found.extend(inside)
+            found.update((f, f"{f.name} in {p}") for f in inside if f not in found)
         elif p.is_file():
             if not _is_part10(p):
                 raise InputError("not a DICOM file (no DICM marker at byte 128)", path=p)
-            found.append(p)
+            found.setdefault(p, str(p))
         else:
             raise InputError("no such file or folder", path=p)
     if not found:
         raise InputError("no files to push")
-    return list(dict.fromkeys(found))
+    return list(found.items())
 
 
 def _is_part10(path: Path) -> bool:
@@ -318,24 +322,24 @@ def _is_part10(path: Path) -> bool:
         return False
 
 
-def _read_headers(paths: list[Path]) -> list[_Header]:
+def _read_headers(paths: list[tuple[Path, str]]) -> list[_Header]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     headers: list[_Header] = []
-    lacking: list[Path] = []
-    for p in paths:
+    lacking: list[str] = []
+    for p, shown in paths:
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=[
                 "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"])
         except (InvalidDicomError, OSError, ValueError, EOFError) as err:
-            raise InputError(f"cannot read DICOM header: {type(err).__name__}", path=p) from err
+            raise InputError(f"cannot read DICOM header: {type(err).__name__}", path=shown) from err
         uids = [str(ds.get(k, "") or "").strip() for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
                                                             "SOPClassUID")]
         if not all(uids):
-            lacking.append(p)
+            lacking.append(shown)
             continue
-        headers.append(_Header(p, uids[0], uids[1], uids[2], p.stat().st_size))
+        headers.append(_Header(p, shown, uids[0], uids[1], uids[2], p.stat().st_size))
     if lacking:
         raise InputError(f"{len(lacking)} of {len(paths)} file(s) lack a Study, Series or SOP Instance UID (or SOP "
                          "Class UID); DICOMweb servers index instances by these UIDs and refuse (Orthanc: silently "
@@ -387,7 +391,7 @@ def _outcomes(batch: list[_Header], response: Any) -> list[PushedInstance]:
             status, reason = "stored", None
         else:
             status, reason = "failed", "the server did not confirm storing it"
-        out.append(PushedInstance(str(h.path), h.sop_instance_uid, h.study_uid, h.series_uid, status, reason))
+        out.append(PushedInstance(h.shown, h.sop_instance_uid, h.study_uid, h.series_uid, status, reason))
     return out
 
 

@@ -230,7 +230,8 @@ def test_nothing_logged_carries_secrets_or_patient_data(orthanc: Orthanc, creds:
                                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     name = "ZZPHISENTINEL^Jane"
-    series = write_series(tmp_path / "src", seed=107, patient_name=name, patient_id="ZZPHISENTINEL-ID")
+    export = tmp_path / "src" / "ZZPHISENTINEL_MRN_1" / "ZZPHISENTINEL^Jane"  # a PACS export's folder names
+    series = write_series(export, seed=107, patient_name=name, patient_id="ZZPHISENTINEL-ID")
     result = push(orthanc.dicomweb, [tmp_path / "src"], options=FAST)
     study = result.instances[0].study_uid
     pulled = pull(orthanc.dicomweb, study, out_dir=tmp_path / "out", options=FAST)
@@ -238,3 +239,7 @@ def test_nothing_logged_carries_secrets_or_patient_data(orthanc: Orthanc, creds:
     records = " ".join(r.getMessage() for r in caplog.records) + str(result.to_json()) + str(pulled.to_json())
     assert PASSWORD not in records and "ZZPHISENTINEL" not in records
     assert not [p for p in (tmp_path / "out").rglob("*") if "ZZPHISENTINEL" in p.name]
+    write_series(export / "nouid", seed=108, patient_name=name, edit=_without_study_uid)
+    with pytest.raises(InputError) as err:
+        push(orthanc.dicomweb, [tmp_path / "src"], options=FAST)
+    assert "lack a Study" in str(err.value) and "ZZPHISENTINEL" not in str(err.value)

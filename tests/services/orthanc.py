@@ -9,9 +9,11 @@ one for the whole test session and stops it at the end; tests skip cleanly where
 from __future__ import annotations
 
 import base64
+import ctypes
 import glob
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -79,6 +81,14 @@ def dicomweb_plugin() -> Path | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """Linux: Orthanc gets SIGTERM when the test process dies (a killed pytest leaves no server behind)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -106,7 +116,8 @@ def start_orthanc(workdir: Path, timeout_s: float = 30.0) -> Orthanc:
         cfg.write_text(json.dumps(config, indent=2))
         log = workdir / f"orthanc-{port}.log"
         with log.open("wb") as fh:
-            process = subprocess.Popen([binary, str(cfg)], stdout=fh, stderr=subprocess.STDOUT, cwd=workdir)
+            process = subprocess.Popen([binary, str(cfg)], stdout=fh, stderr=subprocess.STDOUT, cwd=workdir,
+                                       preexec_fn=_die_with_parent)
         server = Orthanc(process, port, storage, log)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and process.poll() is None:

@@ -243,3 +243,20 @@ def test_nothing_logged_carries_secrets_or_patient_data(orthanc: Orthanc, creds:
     with pytest.raises(InputError) as err:
         push(orthanc.dicomweb, [tmp_path / "src"], options=FAST)
     assert "lack a Study" in str(err.value) and "ZZPHISENTINEL" not in str(err.value)
+
+
+MR_SAGITTAL = SHARED_DATA / "dicom" / "mr-sagittal-positions" / "HFS"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not MR_SAGITTAL.is_dir(), reason="shared sagittal MR not present")
+def test_real_series_round_trip_keeps_volume_and_geometry(orthanc: Orthanc, creds: None, tmp_path: Path) -> None:
+    from medpipe.io.dicom import read_dicom_volume
+
+    result = push(orthanc.dicomweb, [MR_SAGITTAL], options=FAST)
+    assert result.ok and result.n_stored == 35
+    first = result.instances[0]
+    pulled = pull(orthanc.dicomweb, first.study_uid, first.series_uid, out_dir=tmp_path / "out", options=FAST)
+    assert pulled.n_instances == 35
+    source, back = read_dicom_volume(MR_SAGITTAL), read_dicom_volume(pulled.series[0].folder)
+    assert np.array_equal(source.array, back.array) and np.allclose(source.affine, back.affine, atol=1e-6)

@@ -6,8 +6,10 @@ dicomweb-client.
 - TLS certificates are verified unless ``insecure``.
 - Network failures (refused or dropped connections, timeouts, HTTP 408/429/502/503/504) are retried
   ``retries`` times with exponential backoff, then raise :class:`RemoteError` naming the server and the step.
-- Pulled instances are written atomically as ``OUT/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (UIDs checked
-  to be UIDs, so a server cannot choose a path); instances already there are kept (a re-run resumes).
+- A pull lists the instances (QIDO-RS), streams each series in one WADO-RS request and fetches any instance
+  the stream missed on its own. Instances are written atomically as ``OUT/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``
+  (UIDs checked to be UIDs, so a server cannot choose a path); instances already there are kept (a re-run
+  resumes).
 - A push checks every file first (Orthanc silently drops files without Study/Series/SOP Instance UIDs) and
   reports each instance as stored only when the server's STOW-RS response lists it as stored.
 """
@@ -219,25 +221,50 @@ def pull(url: str, study_uid: str, series_uid: str | None = None, *, out_dir: Pa
 
 
 def _pull_series(conn: _Connection, study_uid: str, series_uid: str, out_dir: Path) -> PulledSeries:
+    """Every listed instance not yet in ``out_dir/<series>/``: one streamed WADO-RS request for the series, then
+    one request per instance for any the stream did not deliver."""
     _check_uid(series_uid, "series", conn.server)
     listed = conn.call(f"listing the instances of series {series_uid}",
                        lambda: conn.client.search_for_instances(study_instance_uid=study_uid,
                                                                 series_instance_uid=series_uid, get_remaining=True))
     sops = sorted({u for i in listed if (u := _json_value(i, "00080018"))})
-    folder = out_dir / series_uid
-    downloaded = present = 0
     for sop in sops:
         _check_uid(sop, "SOP instance", conn.server)
+    folder = out_dir / series_uid
+    missing = [sop for sop in sops if not (folder / f"{sop}.dcm").is_file()]
+    if len(missing) > 1:
+        conn.call(f"retrieving series {series_uid}",
+                  partial(_stream_series, conn, study_uid, series_uid, folder, frozenset(missing)))
+    for sop in missing:
         dest = folder / f"{sop}.dcm"
         if dest.is_file():
-            present += 1
             continue
         ds = conn.call(f"retrieving instance {sop}", partial(_retrieve, conn, study_uid, series_uid, sop))
         if str(getattr(ds, "SOPInstanceUID", "")) != sop:
             raise RemoteError(f"retrieving instance {sop}: the server sent another instance", path=conn.server)
         write_with(dest, partial(_save, ds))
-        downloaded += 1
-    return PulledSeries(series_uid, folder, len(sops), downloaded, present)
+    return PulledSeries(series_uid, folder, len(sops), len(missing), len(sops) - len(missing))
+
+
+def _stream_series(conn: _Connection, study_uid: str, series_uid: str, folder: Path, wanted: frozenset[str]) -> None:
+    """Write each wanted instance as the multipart stream delivers it (a retry skips those already written);
+    instances the server did not list are ignored."""
+    import requests
+
+    try:
+        _write_wanted(conn.client.iter_series(study_uid, series_uid, media_types=(("application/dicom", "*"),)),
+                      folder, wanted)
+    except requests.HTTPError as err:
+        if err.response is None or err.response.status_code != 406:
+            raise
+        _write_wanted(conn.client.iter_series(study_uid, series_uid), folder, wanted)
+
+
+def _write_wanted(parts: Iterator[Any], folder: Path, wanted: frozenset[str]) -> None:
+    for ds in parts:
+        sop = str(getattr(ds, "SOPInstanceUID", ""))
+        if sop in wanted and not (folder / f"{sop}.dcm").is_file():
+            write_with(folder / f"{sop}.dcm", partial(_save, ds))
 
 
 def _save(ds: Any, tmp: Path) -> None:

@@ -82,6 +82,10 @@ def test_push_then_pull_round_trip(orthanc: Orthanc, creds: None, tmp_path: Path
     assert not list((tmp_path / "pulled").rglob(".*"))  # no temporary files left
     again = pull(orthanc.dicomweb, study, series.series_uid, out_dir=tmp_path / "pulled", options=FAST)
     assert again.series[0].n_present == 8 and again.series[0].n_downloaded == 0
+    files[3].unlink()  # one instance lost: fetched on its own (WADO-RS instance), the rest kept
+    third = pull(orthanc.dicomweb, study, out_dir=tmp_path / "pulled", options=FAST)
+    assert (third.series[0].n_present, third.series[0].n_downloaded) == (7, 1)
+    assert np.array_equal(pydicom.dcmread(files[3]).pixel_array, source[files[3].stem].pixel_array)
 
 
 def study_modules(ds: pydicom.Dataset, k: int) -> None:

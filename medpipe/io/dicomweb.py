@@ -148,6 +148,7 @@ class _Connection:
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """``fn()`` with bounded retries; a :class:`RemoteError` naming the server and ``what`` when it fails."""
         import requests
+        from pydicom.errors import InvalidDicomError
         from urllib3.exceptions import InsecureRequestWarning
 
         attempts = max(1, self.options.retries + 1)
@@ -170,12 +171,14 @@ class _Connection:
                 if attempt < attempts:
                     self._wait(attempt)
                     continue
-                kind = "timed out" if isinstance(err, requests.Timeout) else "could not connect"
+                kind = ("timed out" if isinstance(err, requests.Timeout) or "timed out" in str(err)
+                        else "the connection broke" if isinstance(err, requests.exceptions.ChunkedEncodingError)
+                        else "could not connect")
                 raise RemoteError(f"{what} failed: {kind} after {attempts} attempt(s)", path=self.server,
                                   hint="check the URL and that the server is running") from err
             except requests.RequestException as err:
                 raise RemoteError(f"{what} failed: {type(err).__name__}", path=self.server) from err
-            except ValueError as err:  # dicomweb-client: a response it cannot decode
+            except (ValueError, InvalidDicomError) as err:  # a response dicomweb-client/pydicom cannot decode
                 raise RemoteError(f"{what} failed: the server's answer could not be decoded", path=self.server,
                                   hint="is the URL the DICOMweb root (e.g. http://host:8042/dicom-web)?") from err
         raise RemoteError(f"{what} failed", path=self.server)  # not reached: the loop returns or raises

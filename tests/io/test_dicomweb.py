@@ -17,6 +17,7 @@ from medpipe.io.dicomweb_auth import ENV_PASSWORD, ENV_TOKEN, ENV_USER, resolve_
 from tests.conftest import SHARED_DATA
 from tests.dicom_factory import write_series
 from tests.services.orthanc import PASSWORD, USER, Orthanc, free_port
+from tests.services.tls_proxy import HttpsOrthanc
 
 FAST = DicomwebOptions(retries=2, backoff_s=0.01, timeout_s=10)
 JPEG2000_CT = SHARED_DATA / "dicom" / "ct-abdomen-jpeg2000" / "series"
@@ -264,3 +265,18 @@ def test_real_series_round_trip_keeps_volume_and_geometry(orthanc: Orthanc, cred
     assert pulled.n_instances == 35
     source, back = read_dicom_volume(MR_SAGITTAL), read_dicom_volume(pulled.series[0].folder)
     assert np.array_equal(source.array, back.array) and np.allclose(source.affine, back.affine, atol=1e-6)
+
+
+def test_tls_is_verified_unless_insecure(orthanc_tls: HttpsOrthanc, creds: None, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    assert orthanc_tls.dicomweb.startswith("https://")
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    series = write_series(tmp_path / "src", seed=109)
+    with pytest.raises(RemoteError) as err:
+        push(orthanc_tls.dicomweb, series.files, options=FAST)
+    assert "TLS certificate verification failed" in str(err.value) and "0 of 8" in str(err.value)
+    assert push(orthanc_tls.dicomweb, series.files, options=DicomwebOptions(insecure=True, retries=0)).ok
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(orthanc_tls.ca_file))  # a private CA, verified
+    study = str(pydicom.dcmread(series.files[0]).StudyInstanceUID)
+    assert pull(orthanc_tls.dicomweb, study, out_dir=tmp_path / "out", options=FAST).n_instances == 8

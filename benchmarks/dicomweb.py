@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medpipe.io.dicomweb import DicomwebOptions, pull, push  # noqa: E402
-from medpipe.io.dicomweb_auth import ENV_PASSWORD, ENV_USER  # noqa: E402
+from medpipe.io.dicomweb.auth import ENV_PASSWORD, ENV_USER  # noqa: E402
 from tests.dicom_factory import write_series  # noqa: E402
 from tests.services.orthanc import PASSWORD, USER, start_orthanc  # noqa: E402
 

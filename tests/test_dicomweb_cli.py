@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medpipe.cli import app
-from medpipe.io.dicomweb_auth import ENV_PASSWORD, ENV_TOKEN, ENV_USER
+from medpipe.io.dicomweb.auth import ENV_PASSWORD, ENV_TOKEN, ENV_USER
 from tests.dicom_factory import write_series
 from tests.services.orthanc import PASSWORD, USER, Orthanc, free_port
 

@@ -16,7 +16,7 @@ from typing import Any
 from medpipe.errors import ConfigError, MedpipeError
 from medpipe.io.atomic import write_json_atomic
 from medpipe.io.dicomweb import DicomwebOptions, push
-from medpipe.io.dicomweb_auth import check_url, resolve_credentials, server_name
+from medpipe.io.dicomweb.auth import check_url, resolve_credentials, server_name
 
 SIDECAR_KEY = "dicomweb_push"
 SEG_SUFFIX = ".seg.dcm"

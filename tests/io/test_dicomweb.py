@@ -13,7 +13,7 @@ import pytest
 
 from medpipe.errors import ConfigError, InputError, RemoteError
 from medpipe.io.dicomweb import DicomwebOptions, pull, push
-from medpipe.io.dicomweb_auth import ENV_PASSWORD, ENV_TOKEN, ENV_USER, resolve_credentials, server_name
+from medpipe.io.dicomweb.auth import ENV_PASSWORD, ENV_TOKEN, ENV_USER, resolve_credentials, server_name
 from tests.conftest import SHARED_DATA
 from tests.dicom_factory import write_series
 from tests.services.orthanc import PASSWORD, USER, Orthanc, free_port

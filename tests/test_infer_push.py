@@ -12,7 +12,7 @@ import pytest
 
 from medpipe.config import config_from_dict
 from medpipe.inference.batch import infer
-from medpipe.inference.push import SIDECAR_KEY, PushTarget
+from medpipe.inference.push import SIDECAR_KEY, CasePush, PushTarget
 from medpipe.io.dicomweb import DicomwebOptions, pull, push
 from medpipe.models.checkpoint import save_checkpoint
 from medpipe.models.factory import build_model
@@ -63,6 +63,7 @@ def test_store_pull_infer_push_and_find_the_seg(orthanc: Orthanc, checkpoint: Pa
     side = json.loads((out / f"{case.case_id}.json").read_text())
     assert side[SIDECAR_KEY]["status"] == "ok" and side[SIDECAR_KEY]["server"] == orthanc.dicomweb
     assert PASSWORD not in json.dumps(side)
+    assert CasePush.from_json(side[SIDECAR_KEY]) == case.push
     assert orthanc.get_json("/statistics")["CountInstances"] == before + 1  # type: ignore[index]
     found = pull(orthanc.dicomweb, study, seg.SeriesInstanceUID, out_dir=tmp_path / "seg", options=FAST)
     back = pydicom.dcmread(next(found.series[0].folder.glob("*.dcm")))

@@ -51,6 +51,11 @@ class CasePush:
                 "sop_instance_uid": self.sop_instance_uid, "study_uid": self.study_uid,
                 "series_uid": self.series_uid, "reason": self.reason}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CasePush:
+        return cls(str(d["server"]), str(d["file"]), str(d["status"]), d.get("sop_instance_uid"), d.get("study_uid"),
+                   d.get("series_uid"), d.get("reason"))
+
 
 def check_push_formats(formats: Collection[str], target: PushTarget | None) -> None:
     """Before any work: ``--push`` sends the DICOM SEG, so it needs ``dicom-seg`` among the output formats."""

@@ -4,6 +4,7 @@ QIDO, refusals (files without UIDs, instances of another study), and network and
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pydicom
 import pytest
 
 from medpipe.errors import ConfigError, InputError, RemoteError
-from medpipe.io.dicomweb import DicomwebOptions, pull, push
+from medpipe.io.dicomweb import DicomwebOptions, PullResult, PushResult, pull, push
 from medpipe.io.dicomweb.auth import ENV_PASSWORD, ENV_TOKEN, ENV_USER, resolve_credentials, server_name
 from tests.conftest import SHARED_DATA
 from tests.dicom_factory import write_series
@@ -83,6 +84,8 @@ def test_push_then_pull_round_trip(orthanc: Orthanc, creds: None, tmp_path: Path
     assert not list((tmp_path / "pulled").rglob(".*"))  # no temporary files left
     again = pull(orthanc.dicomweb, study, series.series_uid, out_dir=tmp_path / "pulled", options=FAST)
     assert again.series[0].n_present == 8 and again.series[0].n_downloaded == 0
+    assert PullResult.from_json(json.loads(json.dumps(again.to_json()))) == again
+    assert PushResult.from_json(json.loads(json.dumps(result.to_json()))) == result
     files[3].unlink()  # one instance lost: fetched on its own (WADO-RS instance), the rest kept
     third = pull(orthanc.dicomweb, study, out_dir=tmp_path / "pulled", options=FAST)
     assert (third.series[0].n_present, third.series[0].n_downloaded) == (7, 1)

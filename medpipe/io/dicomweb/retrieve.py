@@ -25,6 +25,11 @@ class PulledSeries:
         return {"series_uid": self.series_uid, "folder": str(self.folder), "n_instances": self.n_instances,
                 "n_downloaded": self.n_downloaded, "n_present": self.n_present}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PulledSeries:
+        return cls(str(d["series_uid"]), Path(d["folder"]), int(d["n_instances"]), int(d["n_downloaded"]),
+                   int(d["n_present"]))
+
 
 @dataclass(frozen=True)
 class PullResult:
@@ -43,6 +48,10 @@ class PullResult:
         return {"format_version": self.format_version, "server": self.server, "study_uid": self.study_uid,
                 "series": [s.to_json() for s in self.series]}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PullResult:
+        return cls(str(d["server"]), str(d["study_uid"]), tuple(PulledSeries.from_json(s) for s in d["series"]),
+                   int(d.get("format_version", FORMAT_VERSION)))
 
 
 def pull(url: str, study_uid: str, series_uid: str | None = None, *, out_dir: Path,

@@ -36,9 +36,16 @@ class PushedInstance:
         return {"file": self.file, "sop_instance_uid": self.sop_instance_uid, "study_uid": self.study_uid,
                 "series_uid": self.series_uid, "status": self.status, "reason": self.reason}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PushedInstance:
+        return cls(str(d["file"]), str(d["sop_instance_uid"]), str(d["study_uid"]), str(d["series_uid"]),
+                   str(d["status"]), d.get("reason"))
+
 
 @dataclass(frozen=True)
 class PushResult:
+    """What ``push`` sent: every instance with its outcome; ``ok`` only if the server confirmed all of them."""
+
     server: str
     instances: tuple[PushedInstance, ...] = field(default_factory=tuple)
     format_version: int = FORMAT_VERSION
@@ -60,6 +67,10 @@ class PushResult:
                 "n_stored": self.n_stored, "n_failed": len(self.failed),
                 "instances": [i.to_json() for i in self.instances]}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PushResult:
+        return cls(str(d["server"]), tuple(PushedInstance.from_json(i) for i in d["instances"]),
+                   int(d.get("format_version", FORMAT_VERSION)))
 
 
 @dataclass(frozen=True)

@@ -57,3 +57,7 @@ class CheckpointError(MedpipeError):
 
 class OutputError(MedpipeError):
     """An output location that cannot be written."""
+
+
+class RemoteError(MedpipeError):
+    """A remote service (a DICOMweb server) that cannot be reached, refuses a request or answers unexpectedly."""

@@ -9,6 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.services.orthanc import orthanc  # noqa: F401  (session fixture: a real Orthanc with DICOMweb)
+from tests.services.tls_proxy import orthanc_tls  # noqa: F401  (the same Orthanc behind HTTPS)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from medpipe.errors import ConfigError, InputError
-from medpipe.evaluation.metrics import get_preset, score_arrays, score_lesions, summarize
+from medpipe.evaluation.metrics import get_preset, score_arrays, score_lesions
 from medpipe.evaluation.metrics.empty import BRATS_POLICY, EmptyPolicy
 from medpipe.evaluation.metrics.regions import BRATS_2023, BRATS_LEGACY, KITS_REGIONS, Region, tolerance_for
 from medpipe.evaluation.metrics.surface import surface_distances
+from medpipe.evaluation.summary import summarize
 
 
 def test_overlap_and_volumes_known_answer() -> None:

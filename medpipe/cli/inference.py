@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from medpipe.cli.app import app, err_console, handled, out
-from medpipe.cli.options import Device
+from medpipe.cli.options import Device, Insecure, NetrcFile, dicomweb_options
 from medpipe.errors import MedpipeError
 
 
@@ -25,18 +25,25 @@ def infer(
     allow_tilt: Annotated[bool, typer.Option(help="DICOM: resample gantry-tilted stacks.")] = False,
     allow_uneven: Annotated[bool, typer.Option(help="DICOM: resample uneven slice spacing.")] = False,
     allow_non_hu: Annotated[bool, typer.Option(help="CT models: segment inputs that do not look like HU.")] = False,
+    push: Annotated[str | None, typer.Option("--push", help="DICOMweb root: send each case's <case>.seg.dcm "
+                                                            "there (needs --format dicom-seg).")] = None,
+    netrc_file: NetrcFile = None,
+    insecure: Insecure = False,
 ) -> None:
     """Segment scans; masks land exactly on each input's grid."""
     from medpipe.cli.render import case_progress, render_infer
     from medpipe.inference.batch import infer as run_infer
+    from medpipe.inference.push import PushTarget, check_push_formats
     from medpipe.io.dicom.options import DicomOptions
 
+    formats = ("nifti",)  # the output formats; the parsed --format once the DICOM SEG writer is merged
+    target = PushTarget(push, dicomweb_options(netrc_file, insecure, 3)) if push else None
     with handled():
+        check_push_formats(formats, target)
         with case_progress(err_console, "segmenting") as on_case:
             result = run_infer(run, inputs, out_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
                                overwrite=overwrite, dicom_options=DicomOptions(series, allow_tilt, allow_uneven),
-                               allow_non_hu=allow_non_hu,
-                               on_case=on_case)
+                               allow_non_hu=allow_non_hu, push=target, on_case=on_case)
         render_infer(out, result)
         if len(result.cases) == 1 and result.n_failed:
             raise MedpipeError(result.cases[0].error or "failed")

@@ -45,3 +45,18 @@ def parse_tolerances(text: str) -> float | dict[int, float]:
     if any(not math.isfinite(v) or v < 0 for v in out.values()):
         raise ConfigError(f"NSD tolerances must be finite and >= 0, got {text!r}")
     return out
+
+
+# DICOMweb (pull, push, infer --push): credentials never travel on the command line, only where to find them
+NetrcFile = Annotated[Path | None, typer.Option(
+    "--netrc", help="netrc file with the server's login (default: MEDPIPE_DICOMWEB_USER/_PASSWORD or "
+                    "MEDPIPE_DICOMWEB_TOKEN from the environment, then ~/.netrc).")]
+Insecure = Annotated[bool, typer.Option("--insecure", help="Do not verify the server's TLS certificate.")]
+Retries = Annotated[int, typer.Option("--retries", min=0, max=10, help="Retries of a failed network request.")]
+
+
+def dicomweb_options(netrc_file: Path | None, insecure: bool, retries: int) -> Any:
+    """The library's DicomwebOptions (imported lazily)."""
+    from medpipe.io.dicomweb import DicomwebOptions
+
+    return DicomwebOptions(netrc_file=netrc_file, insecure=insecure, retries=retries)

@@ -24,6 +24,7 @@ from medpipe.evaluation.report import caption_text, fmt_stat, label_title
 from medpipe.evaluation.result import EvaluationResult
 from medpipe.inference.batch import CaseResult, InferResult
 from medpipe.io.dicom.convert import ConvertResult
+from medpipe.io.dicomweb import PullResult, PushResult
 from medpipe.io.inspect import InfoResult
 from medpipe.training.events import TrainEvent
 
@@ -95,8 +96,10 @@ def render_infer(console: Console, result: InferResult) -> None:
         table.add_column(col)
     style = {"ok": "green", "skipped": "cyan", "failed": "red"}
     for c in result.cases:
-        table.add_row(c.case_id, f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}",
-                      str(c.mask) if c.mask else (c.error or ""))
+        shown = (c.error or "") if c.status == "failed" else str(c.mask or "")
+        if c.push is not None and c.push.ok:
+            shown += f" (SEG pushed to {c.push.server})"
+        table.add_row(c.case_id, f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}", shown)
     console.print(table)
 
 
@@ -199,4 +202,27 @@ def render_check(report: CheckReport, max_rows: int = 40) -> Any:
                       f"{', '.join(fp.dataset.channels)}, modality {fp.modality}, median spacing (RAS) "
                       f"{median} mm: {len(report.errors)} errors, "
                       f"{len(report.warnings)} warnings"))
+    return Group(*lines)
+
+
+def render_pull(result: PullResult) -> Any:
+    """``medpipe pull``: one row per series (folder, instances downloaded / already present)."""
+    table = Table(title=f"pulled study {result.study_uid} from {result.server}", title_justify="left")
+    for name in ("Series UID", "Folder", "Instances", "Downloaded", "Already there"):
+        table.add_column(name, overflow="fold")
+    for s in result.series:
+        table.add_row(s.series_uid, str(s.folder), str(s.n_instances), str(s.n_downloaded), str(s.n_present))
+    return table
+
+
+def render_push(result: PushResult, max_rows: int = 40) -> Any:
+    """``medpipe push``: the instances that were not stored (red) and a one-line summary."""
+    lines: list[Any] = []
+    for i in result.failed[:max_rows]:
+        lines.append(Text(f"not stored: {i.file} ({i.sop_instance_uid}): {i.reason}", style="bold red"))
+    if len(result.failed) > max_rows:
+        lines.append(Text(f"... {len(result.failed) - max_rows} more (--json lists every instance)"))
+    n = len(result.instances)
+    style = "green" if result.ok else "bold red"
+    lines.append(Text(f"stored {result.n_stored} of {n} instance(s) on {result.server}", style=style))
     return Group(*lines)

@@ -16,9 +16,9 @@ from medpipe.errors import ConfigError, GeometryError, InputError
 from medpipe.evaluation.metrics.empty import EmptyPolicy
 from medpipe.evaluation.metrics.regions import Region, get_preset, tolerance_for
 from medpipe.evaluation.metrics.scoring import MetricRow, score_arrays
-from medpipe.evaluation.metrics.summary import summarize
 from medpipe.evaluation.metrics.surface import CONVENTIONS
 from medpipe.evaluation.result import EvaluationResult, EvaluationSettings
+from medpipe.evaluation.summary import summarize
 from medpipe.io.atomic import ensure_writable_dir
 from medpipe.io.geometry import Grid, describe_mismatch, grids_match
 from medpipe.io.nifti import NIFTI_SUFFIXES, case_id_from_path, is_nifti_path, load_label

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medpipe.errors import InputError, MedpipeError
 from medpipe.inference.export import write_mask
 from medpipe.inference.inputs import InputCase, LoadedCase, collect_inputs, ct_intensity_check, load_case
 from medpipe.inference.predictor import Predictor, find_checkpoint
-from medpipe.inference.sidecar import InferenceSidecar, ModelRef, SegmentDetails, SlidingWindowSettings, already_done
+from medpipe.inference.push import PushTarget, preflight, push_case
+from medpipe.inference.sidecar import (
+    CasePush,
+    InferenceSidecar,
+    ModelRef,
+    SegmentDetails,
+    SlidingWindowSettings,
+    already_done,
+)
 from medpipe.io.atomic import ensure_writable_dir, write_json_atomic
 from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.intensity import HuCheck
@@ -25,13 +33,14 @@ from medpipe.runtime import versions
 
 @dataclass(frozen=True)
 class CaseResult:
-    """Outcome of one case: ``status`` is ok, skipped or failed."""
+    """Outcome of one case: ``status`` is ok, skipped or failed; ``push``: the SEG sent with ``--push``."""
 
     case_id: str
     status: str
     mask: Path | None = None
     error: str | None = None
     seconds: float = 0.0
+    push: CasePush | None = None
 
 
 @dataclass(frozen=True)
@@ -45,12 +54,15 @@ class InferResult:
 
 def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto", overlap: float | None = None,
           sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: DicomOptions | None = None,
-          allow_non_hu: bool = False,
+          allow_non_hu: bool = False, push: PushTarget | None = None,
           on_case: Callable[[CaseResult, int, int], None] | None = None) -> InferResult:
     """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``).
 
     For CT models (``ct_window`` intensity) each case must look like CT in HU (:func:`ct_intensity_check`)
-    unless ``allow_non_hu``."""
+    unless ``allow_non_hu``. With ``push``, each case that is ok or skipped then sends its ``<case>.seg.dcm``
+    to the DICOMweb server (:mod:`medpipe.inference.push`); a failed push fails the case."""
+    if push is not None:
+        preflight(push)
     ensure_writable_dir(out_dir)
     seg = Predictor(find_checkpoint(run), device, overlap, sw_batch_size)
     cases = collect_inputs(inputs, seg.cfg.channels)
@@ -62,6 +74,8 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
     for i, case in enumerate(cases):
         res = run_case(seg, case, out_dir, overwrite=overwrite, dicom_options=dicom_options,
                        allow_non_hu=allow_non_hu, reserved=seen)
+        if push is not None and res.status != "failed":
+            res = _pushed(res, out_dir, push)
         results.append(res)
         if on_case:
             on_case(res, i + 1, len(cases))
@@ -110,6 +124,14 @@ def build_sidecar(seg: Predictor, case: LoadedCase, mask: Path, details: Segment
         input=case.provenance, details=details, seconds_total=round(seconds, 3), versions=versions(),
         intensity_check=intensity_check,
     )
+
+
+def _pushed(res: CaseResult, out_dir: Path, target: PushTarget) -> CaseResult:
+    outcome = push_case(out_dir, res.case_id, target)
+    if outcome.ok:
+        return replace(res, push=outcome)
+    return replace(res, status="failed", push=outcome,
+                   error=f"mask written, but its DICOM SEG was not pushed to {outcome.server}: {outcome.reason}")
 
 
 def _check_collisions(cases: list[InputCase]) -> None:

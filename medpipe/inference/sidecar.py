@@ -79,6 +79,33 @@ class SegmentDetails:
 
 
 @dataclass(frozen=True)
+class CasePush:
+    """The push of one case's SEG: ``status`` ok (the server confirmed it) or failed (``reason`` says why)."""
+
+    server: str
+    file: str
+    status: str
+    sop_instance_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"server": self.server, "file": self.file, "status": self.status,
+                "sop_instance_uid": self.sop_instance_uid, "study_uid": self.study_uid,
+                "series_uid": self.series_uid, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CasePush:
+        return cls(str(d["server"]), str(d["file"]), str(d["status"]), d.get("sop_instance_uid"), d.get("study_uid"),
+                   d.get("series_uid"), d.get("reason"))
+
+
+@dataclass(frozen=True)
 class InferenceSidecar:
     """Provenance of one mask (see the module docstring). ``labels``: label value -> name."""
 
@@ -97,6 +124,7 @@ class InferenceSidecar:
     versions: dict[str, str]
     intensity_check: HuCheck | None = None
     status: str = "ok"
+    dicomweb_push: CasePush | None = None
     format: str = field(default=SIDECAR_FORMAT)
 
     def to_json(self) -> dict[str, Any]:
@@ -119,6 +147,8 @@ class InferenceSidecar:
             out["intensity_check"] = self.intensity_check.to_json()
         out["seconds_total"] = self.seconds_total
         out["versions"] = dict(self.versions)
+        if self.dicomweb_push is not None:
+            out["dicomweb_push"] = self.dicomweb_push.to_json()
         return out
 
     @classmethod
@@ -126,7 +156,7 @@ class InferenceSidecar:
         if d.get("format") != SIDECAR_FORMAT:
             raise InputError(f"unknown sidecar format {d.get('format')!r}",
                              hint=f"this medpipe writes {SIDECAR_FORMAT}")
-        hu = d.get("intensity_check")
+        hu, push = d.get("intensity_check"), d.get("dicomweb_push")
         return cls(
             case=str(d["case"]), mask=str(d["mask"]), input_sha256=str(d["input_sha256"]),
             model=ModelRef.from_json(d["model"]), config_hash=str(d["config_hash"]),
@@ -135,6 +165,7 @@ class InferenceSidecar:
             input=InputProvenance.from_json(d["input"]), details=SegmentDetails.from_json(d),
             seconds_total=float(d["seconds_total"]), versions={str(k): str(v) for k, v in d["versions"].items()},
             intensity_check=HuCheck.from_json(hu) if isinstance(hu, dict) else None, status=str(d["status"]),
+            dicomweb_push=CasePush.from_json(push) if isinstance(push, dict) else None,
         )
 
 

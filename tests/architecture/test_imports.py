@@ -161,3 +161,28 @@ def test_help_imports_neither_torch_nor_monai(command: list[str]) -> None:
             "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """Each module imported first, in a fresh medpipe namespace: a cycle through a package ``__init__`` (which the
+    static graph above cannot see) fails here with its ImportError."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        f"names = {sorted(MODULES)!r}\n"
+        "bad = []\n"
+        "for name in names:\n"
+        "    if name.endswith('__main__'):\n"
+        "        continue\n"
+        "    for m in [m for m in sys.modules if m == 'medpipe' or m.startswith('medpipe.')]:\n"
+        "        del sys.modules[m]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError as err:\n"
+        "        bad.append(f'{name}: {err}')\n"
+        "print('\\n'.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert not out.stdout.strip(), out.stdout

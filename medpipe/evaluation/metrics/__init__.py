@@ -8,7 +8,6 @@ from medpipe.evaluation.metrics.lesions import LesionRule, LesionScore, score_le
 from medpipe.evaluation.metrics.overlap import Overlap
 from medpipe.evaluation.metrics.regions import PRESETS, Preset, Region, get_preset
 from medpipe.evaluation.metrics.scoring import METRICS, MetricRow, score_arrays
-from medpipe.evaluation.metrics.summary import summarize
 from medpipe.evaluation.metrics.surface import SurfaceDistances, surface_distances
 
 __all__ = [
@@ -26,6 +25,5 @@ __all__ = [
     "get_preset",
     "score_arrays",
     "score_lesions",
-    "summarize",
     "surface_distances",
 ]

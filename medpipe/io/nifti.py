@@ -196,13 +196,22 @@ def label_dtype(max_label: int) -> type:
     return np.uint8 if max_label <= 255 else np.uint16
 
 
-def mask_image(labels: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    """A NIfTI label image: integer dtype, slope 1 / intercept 0, qform = sform = ``affine`` (code 1)."""
-    max_label = int(labels.max()) if labels.size else 0
-    arr: np.ndarray = np.ascontiguousarray(labels.astype(label_dtype(max_label)))
-    img = nib.Nifti1Image(arr, affine)
-    img.header.set_slope_inter(1.0, 0.0)
+def nifti_image(data: np.ndarray, affine: np.ndarray, descrip: str) -> nib.Nifti1Image:
+    """The ONE header policy of every NIfTI medpipe writes: ``data`` stored in its own dtype, slope 1 /
+    intercept 0 (values are what they say), qform = sform = ``affine`` (code 1, scanner), units mm and s, and a
+    short ``descrip`` naming the writer (never patient data)."""
+    img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    header = img.header
+    header.set_data_dtype(data.dtype)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_xyzt_units("mm", "sec")
+    header["descrip"] = descrip.encode("ascii")[:79]
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    img.header["descrip"] = b"medpipe mask"
     return img
+
+
+def mask_image(labels: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """A NIfTI label image (:func:`nifti_image`) in the smallest unsigned integer dtype that holds the labels."""
+    max_label = int(labels.max()) if labels.size else 0
+    return nifti_image(labels.astype(label_dtype(max_label)), affine, "medpipe mask")

@@ -13,13 +13,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from medpipe.datasets.synthetic.ct import CT_TISSUES, KITS_LABELS, CtCase, make_ct_case
 from medpipe.datasets.synthetic.mri import BRATS_LABELS, BRATS_MODALITIES, MRI_TISSUES, MriCase, make_mri_case
 from medpipe.errors import MedpipeError
 from medpipe.io.atomic import ensure_writable_dir, write_bytes_atomic
+from medpipe.io.nifti import nifti_image
 
 __all__ = ["BRATS_LABELS", "BRATS_MODALITIES", "CT_TISSUES", "KITS_LABELS", "MRI_TISSUES", "CtCase", "MriCase",
            "SampleSummary", "generate_sample_data", "make_ct_case", "make_mri_case", "nifti_gz_bytes"]
@@ -46,14 +46,8 @@ class SampleSummary:
 def nifti_gz_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
     """Reproducible ``.nii.gz`` bytes of ``data`` (I, J, K), stored in its own dtype with slope 1 / intercept 0,
     qform = sform = ``affine`` (code 1), mm units, empty ``descrip``; gzip with ``mtime=0`` and no file name."""
-    img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    img = nifti_image(data, affine, "")
     header = img.header
-    header.set_data_dtype(data.dtype)
-    header.set_slope_inter(1.0, 0.0)
-    header.set_xyzt_units("mm", "sec")
-    header["descrip"] = b""
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
     payload = bytearray(img.to_bytes())
     # nibabel writes NaN (= "no scaling") for unscaled data; state slope 1 / intercept 0 explicitly instead.
     struct.pack_into(f"{header.endianness}ff", payload, _SCL_SLOPE_OFFSET, 1.0, 0.0)

@@ -22,6 +22,7 @@ from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.dicom.scan import scan_folder, select_candidate
 from medpipe.io.dicom.volume import DicomVolume, load_candidate
 from medpipe.io.geometry import check_on_grid, grid_of, require_same_grid
+from medpipe.io.nifti import nifti_image
 from medpipe.runtime import __version__
 
 
@@ -101,12 +102,7 @@ def _storage(volume: DicomVolume) -> tuple[np.ndarray, str]:
 def write_volume(volume: DicomVolume, nifti_path: Path) -> str:
     """Write ``volume`` as NIfTI (qform = sform = its affine, code 1) and check the written grid. Returns dtype."""
     data, dtype = _storage(volume)
-    img = nib.Nifti1Image(data, volume.affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header.set_slope_inter(1.0, 0.0)
-    img.set_qform(volume.affine, code=1)
-    img.set_sform(volume.affine, code=1)
-    img.header["descrip"] = b"medpipe convert"
+    img = nifti_image(data, volume.affine, "medpipe convert")
     with atomic_path(nifti_path) as tmp:
         nib.save(img, str(tmp))
         if dtype == "float32":

@@ -186,3 +186,31 @@ def test_every_module_imports_on_its_own() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert not out.stdout.strip(), out.stdout
+
+
+#: What each part must never import (docs/architecture.md): data flows one way, files -> case -> network ->
+#: source grid -> outputs -> evaluation, and only the CLI and the pipeline sit above the stages.
+STAGES = {"io", "datasets", "models", "training", "inference", "evaluation", "batch", "explain", "pipeline", "cli"}
+FORBIDDEN: dict[str, set[str]] = {
+    "errors": STAGES, "runtime": STAGES, "config": STAGES, "labels": STAGES, "transforms": STAGES,
+    "io": STAGES - {"io"},
+    "models": STAGES - {"models", "io"},
+    "datasets": STAGES - {"datasets", "io", "models"},
+    "evaluation": STAGES - {"evaluation", "io"},
+    "inference": {"training", "datasets", "batch", "explain", "pipeline", "cli"},
+    "training": {"inference", "batch", "explain", "pipeline", "cli"},
+    "batch": {"training", "explain", "pipeline", "cli"},
+    "explain": {"training", "batch", "pipeline", "cli"},
+    "pipeline": {"batch", "explain", "cli"},
+}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "medpipe"
+
+
+def test_each_part_imports_only_what_it_may() -> None:
+    bad = sorted(f"{a} -> {b}" for a, targets in EDGES.items() for b in targets
+                 if _part(b) in FORBIDDEN.get(_part(a), set()))
+    assert not bad, "imports against the layering of docs/architecture.md:\n" + "\n".join(bad)

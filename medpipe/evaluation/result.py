@@ -30,8 +30,8 @@ def json_safe(obj: object) -> object:
     return obj
 
 
-def _opt(v: object) -> float | None:
-    return None if v is None else float(v)  # type: ignore[arg-type]
+def _opt(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,11 @@ class EvaluationSettings:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> EvaluationSettings:
-        policy = {k: (math.nan if v is None else v) for k, v in d["empty_policy"].items()}
         rule = d.get("lesion_rule")
         return cls(str(d["preset"]), str(d["preset_description"]), str(d["surface"]),
-                   {int(k): float(v) for k, v in d["nsd_tolerance_mm"].items()}, EmptyPolicy(**policy),
-                   LesionRule(**rule) if isinstance(rule, dict) else None, str(d["pred"]), str(d["ref"]),
+                   {int(k): float(v) for k, v in d["nsd_tolerance_mm"].items()},
+                   EmptyPolicy.from_json(d["empty_policy"]),
+                   LesionRule.from_json(rule) if isinstance(rule, dict) else None, str(d["pred"]), str(d["ref"]),
                    d.get("image"), tuple(d.get("cases_without_image", ())), float(d.get("seconds", 0.0)))
 
 
@@ -190,7 +190,7 @@ class EvaluationSummary:
                    result.summary)
 
     def to_json(self) -> dict[str, Any]:
-        return json_safe({  # type: ignore[return-value]
+        doc = json_safe({
             "format": self.format,
             "medpipe_version": self.medpipe_version,
             "settings": self.settings.to_json(),
@@ -201,6 +201,7 @@ class EvaluationSummary:
             "empty_counts": {str(k): dict(v.empty) for k, v in self.labels.items()},
             "labels": {str(k): v.to_json() for k, v in self.labels.items()},
         })
+        return doc if isinstance(doc, dict) else {}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> EvaluationSummary:

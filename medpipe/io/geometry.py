@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -44,9 +44,9 @@ class Grid:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> Grid:
+    def from_json(cls, data: dict[str, Any]) -> Grid:
         """The grid of :meth:`to_json` (the affine as written: rounded to 1e-6 mm)."""
-        shape = [int(v) for v in data["shape"]]  # type: ignore[attr-defined]
+        shape = [int(v) for v in data["shape"]]
         return cls((shape[0], shape[1], shape[2]), np.asarray(data["affine"], dtype=float))
 
 

@@ -10,6 +10,7 @@ inference pre-flight and ``medpipe info`` all ask :func:`check_ct_hu`; there is 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,10 +38,10 @@ class HuCheck:
         return out
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> HuCheck:
+    def from_json(cls, d: dict[str, Any]) -> HuCheck:
         problem = d.get("problem")
-        return cls(float(d["p1"]), float(d["p99"]), float(d["min"]), float(d["max"]),  # type: ignore[arg-type]
-                   bool(d["looks_like_hu"]), str(problem) if problem is not None else None)
+        return cls(float(d["p1"]), float(d["p99"]), float(d["min"]), float(d["max"]), bool(d["looks_like_hu"]),
+                   str(problem) if problem is not None else None)
 
     def describe(self) -> str:
         return f"p1={self.p1:.1f}, p99={self.p99:.1f}, min={self.minimum:.1f}, max={self.maximum:.1f}"

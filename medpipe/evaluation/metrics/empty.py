@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 EMPTY_CASES = ("none", "both", "ref", "pred")
 
@@ -62,6 +63,17 @@ class EmptyPolicy:
     def to_json(self) -> dict[str, object]:
         """JSON-safe dict (NaN written as null)."""
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> EmptyPolicy:
+        """The policy of :meth:`to_json` (null read back as NaN)."""
+
+        def num(key: str) -> float:
+            v = d[key]
+            return math.nan if v is None else float(v)
+
+        return cls(str(d["name"]), num("both_empty_overlap"), num("both_empty_distance_mm"),
+                   num("one_empty_overlap"), num("one_empty_distance_mm"))
 
 
 DEFAULT_POLICY = EmptyPolicy()

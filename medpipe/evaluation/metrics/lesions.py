@@ -15,6 +15,7 @@ Case score: sum over lesions / (counted lesions + false positives); 1 (Dice) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -33,6 +34,11 @@ class LesionRule:
     dilation_iterations: int = 3
     min_volume_mm3: float = 50.0
     penalty_hd95_mm: float = 374.0
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LesionRule:
+        return cls(str(d["name"]), int(d["dilation_iterations"]), float(d["min_volume_mm3"]),
+                   float(d["penalty_hd95_mm"]))
 
 
 BRATS_GLI_RULE = LesionRule()

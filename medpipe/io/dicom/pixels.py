@@ -25,7 +25,7 @@ MAX_PLANE_PIXELS = 16384 * 16384
 MAX_FRAMES = 65536
 
 #: Transfer syntaxes whose pixel values are read straight from the file (value: big endian).
-NATIVE_SYNTAXES = {
+NATIVE_SYNTAXES: dict[str, bool] = {
     dicom_uid.ImplicitVRLittleEndian: False,
     dicom_uid.ExplicitVRLittleEndian: False,
     dicom_uid.ExplicitVRBigEndian: True,  # retired

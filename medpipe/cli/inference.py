@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from medpipe.cli.app import app, err_console, handled, out
-from medpipe.cli.options import Device
+from medpipe.cli.options import Device, SegType
 from medpipe.errors import MedpipeError
 
 
@@ -25,17 +25,23 @@ def infer(
     allow_tilt: Annotated[bool, typer.Option(help="DICOM: resample gantry-tilted stacks.")] = False,
     allow_uneven: Annotated[bool, typer.Option(help="DICOM: resample uneven slice spacing.")] = False,
     allow_non_hu: Annotated[bool, typer.Option(help="CT models: segment inputs that do not look like HU.")] = False,
+    output_format: Annotated[str, typer.Option(
+        "--format", help="Comma list of nifti, dicom-seg, rtstruct (DICOM inputs; the NIfTI mask is always written)."
+    )] = "nifti",
+    seg_type: Annotated[SegType, typer.Option(help="DICOM SEG type: binary (viewers) or labelmap (compact).")] = "binary",
 ) -> None:
     """Segment scans; masks land exactly on each input's grid."""
     from medpipe.cli.render import case_progress, render_infer
     from medpipe.inference.batch import infer as run_infer
+    from medpipe.inference.dicom_outputs import parse_formats
 
     dicom_options = {"series": series, "allow_tilt": allow_tilt, "allow_uneven": allow_uneven}
     with handled():
+        formats = parse_formats(output_format)
         with case_progress(err_console, "segmenting") as on_case:
             result = run_infer(run, inputs, out_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
                                overwrite=overwrite, dicom_options=dicom_options, allow_non_hu=allow_non_hu,
-                               on_case=on_case)
+                               formats=formats, seg_type=seg_type, on_case=on_case)
         render_infer(out, result)
         if len(result.cases) == 1 and result.n_failed:
             raise MedpipeError(result.cases[0].error or "failed")

@@ -7,6 +7,7 @@ already exist for the same input, model and config is skipped, so an interrupted
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.errors import InputError, MedpipeError
+from medpipe.inference import dicom_outputs
 from medpipe.inference.export import write_mask
 from medpipe.inference.inputs import InputCase, collect_inputs, ct_intensity_check, load_case
 from medpipe.inference.predictor import Predictor, find_checkpoint
@@ -43,9 +45,11 @@ class InferResult:
 
 def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto", overlap: float | None = None,
           sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: dict[str, Any] | None = None,
-          allow_non_hu: bool = False,
+          allow_non_hu: bool = False, formats: tuple[str, ...] = ("nifti",), seg_type: str = "binary",
           on_case: Callable[[CaseResult, int, int], None] | None = None) -> InferResult:
-    """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``).
+    """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``, and for DICOM series the
+    ``formats`` ``dicom-seg`` -> ``<case>.seg.dcm`` (``seg_type`` binary or labelmap), ``rtstruct`` ->
+    ``<case>.rtstruct.dcm``).
 
     For CT models (``ct_window`` intensity) each case must look like CT in HU (:func:`ct_intensity_check`)
     unless ``allow_non_hu``."""
@@ -55,11 +59,12 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
     if not cases:
         raise InputError("no input images found", path=", ".join(str(p) for p in inputs))
     _check_collisions(cases)
+    dicom_outputs.check_inputs(cases, formats)
     results: list[CaseResult] = []
     seen: set[str] = set()
     for i, case in enumerate(cases):
         res = run_case(seg, case, out_dir, overwrite=overwrite, dicom_options=dicom_options,
-                       allow_non_hu=allow_non_hu, reserved=seen)
+                       allow_non_hu=allow_non_hu, reserved=seen, formats=formats, seg_type=seg_type)
         results.append(res)
         if on_case:
             on_case(res, i + 1, len(cases))
@@ -68,8 +73,10 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
 
 def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool = False,
              dicom_options: dict[str, Any] | None = None, allow_non_hu: bool = False,
-             reserved: set[str] | None = None) -> CaseResult:
-    """Segment one case into ``out_dir`` (mask + sidecar, each written atomically). Never raises a MedpipeError:
+             reserved: set[str] | None = None, formats: tuple[str, ...] = ("nifti",),
+             seg_type: str = "binary") -> CaseResult:
+    """Segment one case into ``out_dir`` (mask, DICOM ``formats``, then the sidecar, each written atomically; the
+    sidecar records them under ``outputs``). Never raises a MedpipeError:
     a bad case comes back as ``status="failed"`` with the reason. ``reserved``: case ids already written by this
     batch (a second input with the same id is refused; the id is added)."""
     seen = reserved if reserved is not None else set()
@@ -82,16 +89,22 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
                              path=case.files[0] if case.files else case.dicom_dir)
         seen.add(loaded.case_id)
         shown = loaded.case_id
-        if not overwrite and (done := already_done(out_dir, loaded, seg)):
+        if not overwrite and (done := already_done(out_dir, loaded, seg)) and dicom_outputs.done(
+                out_dir, loaded.case_id, json.loads((out_dir / f"{loaded.case_id}.json").read_text()), formats):
             return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0)
+        dicom_outputs.check_case(loaded, formats)
         hu = (ct_intensity_check(loaded, strict=not allow_non_hu)
               if seg.cfg.transforms.intensity == "ct_window" else None)
         labels, details = seg.segment(loaded)
         if hu is not None:
             details["intensity_check"] = hu
         mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", labels, loaded.grid)
+        written = dicom_outputs.write_dicom_outputs(loaded, labels, out_dir, formats, cfg=seg.cfg,
+                                                    model_sha256=seg.model_sha256, seg_type=seg_type)
         seconds = time.perf_counter() - t0
-        write_json_atomic(out_dir / f"{loaded.case_id}.json", build_sidecar(seg, loaded, mask, details, seconds))
+        sidecar = build_sidecar(seg, loaded, mask, details, seconds)
+        sidecar["outputs"] = {"nifti": mask.name, **written}
+        write_json_atomic(out_dir / f"{loaded.case_id}.json", sidecar)
         return CaseResult(loaded.case_id, "ok", mask, seconds=seconds)
     except MedpipeError as err:
         return CaseResult(shown, "failed", error=str(err), seconds=time.perf_counter() - t0)

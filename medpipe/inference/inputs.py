@@ -30,7 +30,8 @@ class InputCase:
 
 @dataclass(frozen=True)
 class LoadedCase:
-    """A read case: ``array`` is (C, I, J, K) float32 on ``grid``; ``provenance`` says how it was read."""
+    """A read case: ``array`` is (C, I, J, K) float32 on ``grid``; ``provenance`` says how it was read;
+    ``dicom_files``: for a DICOM series, its files in slice order (what DICOM outputs reference)."""
 
     case_id: str
     array: np.ndarray
@@ -38,6 +39,7 @@ class LoadedCase:
     input_sha256: str
     provenance: dict[str, Any] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    dicom_files: tuple[Path, ...] = ()
 
 
 def _channel_pattern(channels: tuple[str, ...]) -> re.Pattern[str]:
@@ -174,4 +176,4 @@ def _load_dicom(case: InputCase, n_channels: int, options: dict[str, Any]) -> Lo
     # Named like `medpipe convert` names it: series label + description, never patient data or folder names.
     case_id = case.case_id or output_stem(vol.label or str(vol.series_number or 0), vol.description)
     prov = {"format": "dicom", "series_uid": vol.series_uid, **vol.provenance}
-    return LoadedCase(case_id, arr[None], grid, digest, prov)
+    return LoadedCase(case_id, arr[None], grid, digest, prov, dicom_files=vol.source_files)

@@ -13,6 +13,8 @@ by RT planning systems and 3D Slicer).
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,13 @@ def build_rtstruct(labels: np.ndarray, grid: Grid, source: SourceSeries, table: 
 
     volume = mask_volume(labels, grid, source, repaired=False)
     series = list(source.datasets)  # highdicom's slice order = the volume's axis 0
-    ds = ds_helper.create_rtstruct_dataset(series)
+    with warnings.catch_warnings():  # rt-utils sets FileDataset.is_implicit_VR, deprecated in pydicom 3
+        warnings.simplefilter("ignore", DeprecationWarning)
+        logging.getLogger("pydicom").disabled, was = True, logging.getLogger("pydicom").disabled
+        try:
+            ds = ds_helper.create_rtstruct_dataset(series)
+        finally:
+            logging.getLogger("pydicom").disabled = was
     ds.Manufacturer = "medpipe"
     ds.ManufacturerModelName = algorithm.model_name[:64] or "medpipe"
     ds.SoftwareVersions = f"medpipe {__version__}"

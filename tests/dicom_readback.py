@@ -51,7 +51,7 @@ def seg_points_pydicom(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         if labelmap:
             labels.append(np.asarray([names[int(v)] for v in pixels[f][rows, cols]]))
         else:
-            number = int(per_frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+            number = int(_item(ds, f, "SegmentIdentificationSequence").ReferencedSegmentNumber)
             labels.append(np.full(rows.size, names[number], dtype=object))
     if not points:
         return np.zeros((0, 3)), np.zeros(0, dtype=object), frames

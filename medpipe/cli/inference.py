@@ -28,7 +28,7 @@ def infer(
     output_format: Annotated[str, typer.Option(
         "--format", help="Comma list of nifti, dicom-seg, rtstruct (DICOM inputs; the NIfTI mask is always written)."
     )] = "nifti",
-    seg_type: Annotated[SegType, typer.Option(help="DICOM SEG type: binary (viewers) or labelmap (compact).")] = "binary",
+    seg_type: Annotated[SegType, typer.Option(help="DICOM SEG: binary (viewers) or labelmap (compact).")] = "binary",
 ) -> None:
     """Segment scans; masks land exactly on each input's grid."""
     from medpipe.cli.render import case_progress, render_infer

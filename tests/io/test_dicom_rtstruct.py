@@ -19,7 +19,7 @@ from tests.dicom_readback import LPS_TO_RAS, dciodvfy_errors, dice, rtstruct_mas
 
 pytest.importorskip("rt_utils", reason="rt-utils (medpipe[rt]) not installed")
 
-from medpipe.io.dicom.rtstruct import write_rtstruct  # noqa: E402
+from medpipe.io.dicom.rtstruct import write_rtstruct
 
 LABELS = {0: "background", 1: "kidney", 2: "tumor", 5: "empty organ"}
 ALGO = Algorithm("tiny-test-model", "fedcba9876543210" * 4)

@@ -101,7 +101,7 @@ def test_seg_lands_on_the_nifti_mask(tmp_path: Path, orientation: str, seg_type:
 
 def test_binary_seg_omits_empty_frames_and_describes_segments(tmp_path: Path) -> None:
     series = write_series(tmp_path / "dcm", intercept=-1024.0, patient_name="Doe^Jane", patient_id="P-1")
-    nifti, seg_path, out = _write(tmp_path, tmp_path / "dcm")
+    _, seg_path, out = _write(tmp_path, tmp_path / "dcm")
     ds = pydicom.dcmread(seg_path)
     src = pydicom.dcmread(series.files[0])
     # frames: label 1 on 3 slices, label 3 on 3 slices, label 4 on 1 slice; segment 2 (tumor, value 3) etc.

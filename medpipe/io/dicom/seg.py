@@ -78,7 +78,8 @@ class DicomOutput:
         return cls(file=data["file"], kind=data["kind"], series_uid=data["series_uid"],
                    sop_instance_uid=data["sop_instance_uid"],
                    segments={int(k): v for k, v in data["segments"].items()}, grid=data["grid"],
-                   frames=int(data.get("frames", 0)), frames_referencing_source=int(data.get("frames_referencing_source", 0)),
+                   frames=int(data.get("frames", 0)),
+                   frames_referencing_source=int(data.get("frames_referencing_source", 0)),
                    notes=tuple(data.get("notes", ())), format=data.get("format", OUTPUT_FORMAT),
                    extra={k: v for k, v in data.items() if k not in known})
 

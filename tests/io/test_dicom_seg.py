@@ -18,7 +18,7 @@ from medpipe.io.geometry import Grid
 from medpipe.io.nifti import mask_image
 from medpipe.labels import label_table
 from tests.conftest import SHARED_DATA
-from tests.dicom_factory import oblique_iop, write_series
+from tests.dicom_factory import oblique_iop, write_enhanced, write_series
 from tests.dicom_readback import (
     assert_points_on_mask,
     dciodvfy_errors,
@@ -213,3 +213,18 @@ def test_real_jpeg2000_ct_labels_as_seg(tmp_path: Path) -> None:
     points, got = seg_points_highdicom(tmp_path / "ct.seg.dcm")
     assert_points_on_mask(points, got, nifti, names)
     check_dciodvfy(tmp_path / "ct.seg.dcm")
+
+
+def test_enhanced_multiframe_source(tmp_path: Path) -> None:
+    """One enhanced CT file (frames stored in reverse spatial order): every SEG frame references its frame."""
+    write_enhanced(tmp_path / "dcm" / "enhanced.dcm")
+    nifti, seg, out = _write(tmp_path, tmp_path / "dcm")
+    _check_lands(nifti, seg)
+    assert out.frames_referencing_source == out.frames > 0  # type: ignore[attr-defined]
+    ds, source = pydicom.dcmread(seg), pydicom.dcmread(tmp_path / "dcm" / "enhanced.dcm")
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+        src_frame = source.PerFrameFunctionalGroupsSequence[int(ref.ReferencedFrameNumber) - 1]
+        assert np.allclose(src_frame.PlanePositionSequence[0].ImagePositionPatient,
+                           item.PlanePositionSequence[0].ImagePositionPatient, atol=1e-4)
+    check_dciodvfy(seg)

@@ -363,6 +363,10 @@ def _split_rich_labels(raw: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"key 'labels.{key}': a label given as a mapping needs a 'name'", path=source)
         names[key] = value["name"]
         spec = {k: v for k, v in value.items() if k != "name"}
+        unknown = sorted(set(spec) - {f.name for f in dataclasses.fields(LabelSpec)})
+        if unknown:
+            raise ConfigError(f"unknown key 'labels.{key}.{unknown[0]}'", path=source,
+                              hint="a label mapping holds name, category, type and color")
         if spec:
             info[key] = spec
     return {**raw, "labels": names, "label_info": info}

@@ -146,7 +146,7 @@ def mask_volume(labels: np.ndarray, grid: Grid, source: SourceSeries, *, repaire
     volume = hd.Volume(array=labels, affine=np.asarray(grid.affine, dtype=float), coordinate_system="PATIENT",
                        frame_of_reference_uid=source.frame_of_reference_uid, from_reference_convention="RAS")
     if repaired:
-        return volume.match_orientation(_orientation_reference(source))
+        return _contiguous(volume.match_orientation(_orientation_reference(source)))
     if source.geometry is None:
         raise GeometryError("the source series is not a regular volume for highdicom (uneven or tilted slices) "
                             "although no repair was applied")
@@ -155,4 +155,10 @@ def mask_volume(labels: np.ndarray, grid: Grid, source: SourceSeries, *, repaire
         raise GeometryError(
             f"the mask grid ({grid.shape}) is not the source series grid as highdicom reads it "
             f"({source.geometry.spatial_shape} slices x rows x columns); nothing written")
-    return matched
+    return _contiguous(matched)
+
+
+def _contiguous(volume: hd.Volume) -> hd.Volume:
+    """The same volume with its array in C order: frames (axis 0) become contiguous planes, which makes
+    highdicom's per-frame work on a permuted view about 20x faster."""
+    return volume.with_array(np.ascontiguousarray(volume.array))

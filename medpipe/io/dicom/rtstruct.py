@@ -65,13 +65,16 @@ def build_rtstruct(labels: np.ndarray, grid: Grid, source: SourceSeries, table: 
 
     volume = mask_volume(labels, grid, source, repaired=False)
     series = list(source.datasets)  # highdicom's slice order = the volume's axis 0
-    with warnings.catch_warnings():  # rt-utils sets FileDataset.is_implicit_VR, deprecated in pydicom 3
+    pydicom_log = logging.getLogger("pydicom")
+    was_disabled = pydicom_log.disabled
+    # rt-utils sets FileDataset.is_implicit_VR, which pydicom 3 deprecates with a warning and a log line
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        logging.getLogger("pydicom").disabled, was = True, logging.getLogger("pydicom").disabled
+        pydicom_log.disabled = True
         try:
             ds = ds_helper.create_rtstruct_dataset(series)
         finally:
-            logging.getLogger("pydicom").disabled = was
+            pydicom_log.disabled = was_disabled
     ds.Manufacturer = "medpipe"
     ds.ManufacturerModelName = algorithm.model_name[:64] or "medpipe"
     ds.SoftwareVersions = f"medpipe {__version__}"

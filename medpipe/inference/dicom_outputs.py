@@ -80,7 +80,7 @@ def write_dicom_outputs(case: LoadedCase, labels: np.ndarray, out_dir: Path, for
     if "dicom-seg" in wanted:
         path = out_dir / f"{case.case_id}{SUFFIXES['dicom-seg']}"
         written = write_seg(path, labels, case.grid, case.dicom_files, table, algorithm,
-                            seg_type="labelmap" if seg_type == "labelmap" else "binary", repaired=repaired)
+                            seg_type=seg_type, repaired=repaired)  # type: ignore[arg-type]  # checked there
         records["dicom-seg"] = written.to_json()
     if "rtstruct" in wanted:
         from medpipe.io.dicom.rtstruct import write_rtstruct

@@ -101,10 +101,14 @@ def read_source(files: Sequence[Path]) -> SourceSeries:
     datasets = [_read_header(Path(f)) for f in files]
     notes = _fill_identity(datasets)
     first = datasets[0]
-    if len(datasets) == 1 and int(first.get("NumberOfFrames", 1)) > 1:
-        image = hd.Image.from_dataset(first, copy=False)
-        return SourceSeries((first,), image.get_volume_geometry(), tuple(notes))
-    spacing, positions = get_series_volume_positions(datasets)
+    try:
+        if len(datasets) == 1 and int(first.get("NumberOfFrames", 1)) > 1:
+            image = hd.Image.from_dataset(first, copy=False)
+            return SourceSeries((first,), image.get_volume_geometry(), tuple(notes))
+        spacing, positions = get_series_volume_positions(datasets)
+    except (ValueError, AttributeError, KeyError, TypeError) as err:
+        raise DicomError(f"highdicom cannot place the source images ({type(err).__name__}: {str(err)[:200]})",
+                         path=Path(files[0]).name) from err
     if spacing is None or positions is None:
         return SourceSeries(tuple(datasets), None, tuple(notes))
     ordered = [datasets[positions.index(i)] for i in range(len(datasets))]

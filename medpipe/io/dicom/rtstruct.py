@@ -24,7 +24,7 @@ import numpy as np
 from medpipe.errors import OutputError
 from medpipe.io.atomic import atomic_path
 from medpipe.io.dicom.derived import SourceSeries, mask_volume, read_source
-from medpipe.io.dicom.seg import SERIES_NUMBER_OFFSET, Algorithm, DicomOutput
+from medpipe.io.dicom.seg import LIBRARY_ERRORS, SERIES_NUMBER_OFFSET, Algorithm, DicomOutput
 from medpipe.io.geometry import Grid
 from medpipe.labels import LabelInfo
 from medpipe.runtime import __version__
@@ -127,7 +127,11 @@ def write_rtstruct(path: str | Path, labels: np.ndarray, grid: Grid, source_file
     path = Path(path)
     _rt_utils()
     source = read_source(source_files)
-    ds = build_rtstruct(labels, grid, source, table, algorithm)
+    try:
+        ds = build_rtstruct(labels, grid, source, table, algorithm)
+    except LIBRARY_ERRORS as err:
+        raise OutputError(f"rt-utils could not build the RTSTRUCT ({type(err).__name__}: {str(err)[:200]})",
+                          path=path.name) from err
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     n_contours = sum(len(item.get("ContourSequence", [])) for item in ds.ROIContourSequence)

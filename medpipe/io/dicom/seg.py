@@ -2,7 +2,7 @@
 
 * ``binary`` (default): a BINARY SEG, one frame per segment and slice that holds it (empty frames omitted), what
   OHIF, 3D Slicer and Weasis read. ``labelmap``: a LABELMAP SEG (one 8/16-bit frame per slice, RLE lossless),
-  compact but read by fewer viewers.
+  compact (about 40x smaller) but read by fewer viewers.
 * Segment n (1..N) is the n-th foreground label in ascending value; each carries the label's name, SNOMED CT
   category and type, colour, and the algorithm (medpipe, its version, the model name and sha256).
 * The mask is placed by highdicom's geometry (:mod:`medpipe.io.dicom.derived`): on the source grid every frame
@@ -31,6 +31,8 @@ from medpipe.runtime import __version__
 SegType = Literal["binary", "labelmap"]
 SEG_TYPES: tuple[str, ...] = ("binary", "labelmap")
 OUTPUT_FORMAT = "medpipe-dicom-output/1"
+#: What highdicom and rt-utils raise on inputs they cannot encode (turned into an OutputError naming the file).
+LIBRARY_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RuntimeError)
 #: Series number of derived series: the source's plus this (or this alone).
 SERIES_NUMBER_OFFSET = 1000
 
@@ -174,7 +176,12 @@ def write_seg(path: str | Path, labels: np.ndarray, grid: Grid, source_files: Se
     """
     path = Path(path)
     source = read_source(source_files)
-    seg = build_seg(labels, grid, source, table, algorithm, seg_type=seg_type, repaired=repaired, workers=workers)
+    try:
+        seg = build_seg(labels, grid, source, table, algorithm, seg_type=seg_type, repaired=repaired,
+                        workers=workers)
+    except LIBRARY_ERRORS as err:
+        raise OutputError(f"highdicom could not build the SEG ({type(err).__name__}: {str(err)[:200]})",
+                          path=path.name) from err
     with atomic_path(path) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     frames = list(seg.PerFrameFunctionalGroupsSequence)

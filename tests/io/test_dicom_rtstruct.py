@@ -66,6 +66,8 @@ def test_rtstruct_round_trip_dice(tmp_path: Path, orientation: str) -> None:
     assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.FrameOfReferenceUID == src.FrameOfReferenceUID
     assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.Manufacturer == "medpipe"
     assert "InstitutionName" not in ds
+    assert [o.RTROIInterpretedType for o in ds.RTROIObservationsSequence] == ["ORGAN", "", ""]
+    assert [list(r.ROIDisplayColor) for r in ds.ROIContourSequence][:1] == [list(label_table(LABELS)[0].color)]
     assert out.extra["contours"] > 0
     errors = dciodvfy_errors(tmp_path / "case.rtstruct.dcm")
     assert not errors, errors

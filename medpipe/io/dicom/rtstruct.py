@@ -26,11 +26,11 @@ from medpipe.io.atomic import atomic_path
 from medpipe.io.dicom.derived import SourceSeries, mask_volume, read_source
 from medpipe.io.dicom.seg import LIBRARY_ERRORS, SERIES_NUMBER_OFFSET, Algorithm, DicomOutput
 from medpipe.io.geometry import Grid
-from medpipe.labels import LabelInfo
+from medpipe.labels import LabelInfo, parse_code
 from medpipe.runtime import __version__
 
-#: RTROIInterpretedType by segment category value (SNOMED CT): anatomical structures are organs.
-_INTERPRETED = {"91723000": "ORGAN"}
+#: RTROIInterpretedType by segment category (pydicom SNOMED CT keyword): anatomical structures are organs.
+_INTERPRETED = {"AnatomicalStructure": "ORGAN"}
 
 
 def _rt_utils() -> tuple[Any, Any, Any]:
@@ -105,7 +105,8 @@ def build_rtstruct(labels: np.ndarray, grid: Grid, source: SourceSeries, table: 
         ds.StructureSetROISequence.append(ds_helper.create_structure_set_roi(roi))
         observation = ds_helper.create_rtroi_observation(roi)
         observation.ROIObservationDescription = f"medpipe {algorithm.model_name}"[:64]
-        observation.RTROIInterpretedType = _INTERPRETED.get(info.category.value, "")
+        observation.RTROIInterpretedType = next(
+            (kind for keyword, kind in _INTERPRETED.items() if parse_code(keyword) == info.category), "")
         ds.RTROIObservationsSequence.append(observation)
     return ds
 

@@ -109,8 +109,21 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class LabelSpec:
+    """Codes and colour of one label for DICOM outputs (see :mod:`medpipe.labels`); empty fields take defaults.
+
+    In the YAML it is written inside ``labels``: ``{1: {name: kidney, category: ..., type: ..., color: [r, g, b]}}``.
+    """
+
+    category: str = ""
+    type: str = ""
+    color: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
-    """The whole pipeline. ``labels`` maps integer values to names; 0 is background."""
+    """The whole pipeline. ``labels`` maps integer values to names; 0 is background. ``label_info``: the codes and
+    colours given in the rich ``labels`` form (label value -> :class:`LabelSpec`)."""
 
     name: str = "pipeline"
     modality: Literal["CT", "MR"] = "CT"
@@ -124,6 +137,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    label_info: dict[int, LabelSpec] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -158,8 +172,12 @@ class PipelineConfig:
         return len(self.channels)
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain, YAML/JSON-serialisable dict (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        """A plain, YAML/JSON-serialisable dict (tuples become lists); an empty ``label_info`` is left out, so
+        configs without codes keep their digest."""
+        out = _plain(dataclasses.asdict(self))
+        if not self.label_info:
+            del out["label_info"]
+        return out
 
     def digest(self) -> str:
         """sha256 of the canonical JSON form: the config hash recorded beside outputs."""
@@ -279,6 +297,15 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         unknown = sorted(set(values) - (set(cfg.labels) - {0}))
         if not values or unknown:
             raise bad(f"regions.{name}", f"values must be foreground labels of 'labels', found {list(values)}")
+    unknown_info = sorted(set(cfg.label_info) - (set(cfg.labels) - {0}))
+    if unknown_info:
+        raise bad("labels", f"codes given for {unknown_info}, which are not foreground labels")
+    from medpipe.labels import label_table
+
+    try:
+        label_table(cfg.labels, cfg.label_info)
+    except ValueError as err:
+        raise bad("labels", str(err)) from err
     if cfg.regions:
         try:
             cfg.region_order()
@@ -302,6 +329,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", base_dir: Pa
     """Build and validate a config from a parsed YAML mapping; relative ``data.root`` is resolved."""
     if not isinstance(raw, dict):
         raise ConfigError("expected a mapping at the top level of the config", path=source)
+    raw = _split_rich_labels(raw, source)
     cfg: PipelineConfig = _build(PipelineConfig, raw, "", source)
     _validate(cfg, source)
     if base_dir is not None:
@@ -315,6 +343,31 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", base_dir: Pa
             cache = str((base_dir / cfg.training.cache_dir).resolve())
             cfg = cfg.with_overrides(training={"cache_dir": cache})
     return cfg
+
+
+def _split_rich_labels(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """``labels: {1: {name: kidney, category: ..., type: ..., color: [...]}}`` -> names in ``labels``, the rest in
+    ``label_info`` (the plain ``{1: kidney}`` form passes unchanged)."""
+    labels = raw.get("labels")
+    if not isinstance(labels, dict) or not any(isinstance(v, dict) for v in labels.values()):
+        return raw
+    names: dict[Any, Any] = {}
+    info = dict(raw.get("label_info") or {})
+    for key, value in labels.items():
+        if not isinstance(value, dict):
+            names[key] = value
+            continue
+        if "name" not in value:
+            raise ConfigError(f"key 'labels.{key}': a label given as a mapping needs a 'name'", path=source)
+        names[key] = value["name"]
+        spec = {k: v for k, v in value.items() if k != "name"}
+        unknown = sorted(set(spec) - {f.name for f in dataclasses.fields(LabelSpec)})
+        if unknown:
+            raise ConfigError(f"unknown key 'labels.{key}.{unknown[0]}'", path=source,
+                              hint="a label mapping holds name, category, type and color")
+        if spec:
+            info[key] = spec
+    return {**raw, "labels": names, "label_info": info}
 
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -1,11 +1,13 @@
-"""The one home of label semantics: label maps, regions (nnU-Net-style sigmoid outputs) and their decoding.
+"""The one home of label semantics: label maps, regions (nnU-Net-style sigmoid outputs) and their decoding, and the
+label table (names, SNOMED CT codes, colours) that DICOM outputs describe their segments with.
 
 Tensor functions use tensor methods only, so this module imports no torch and stays cheap to import.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -44,3 +46,113 @@ def region_targets(labels: torch.Tensor, cfg: PipelineConfig) -> torch.Tensor:
 
     masks = [torch.isin(labels, labels.new_tensor(values)) for values in cfg.regions.values()]
     return torch.cat(masks, dim=1).to(torch.float32)
+
+
+# --- Label table: names, coded concepts (SNOMED CT) and display colours, for DICOM SEG / RTSTRUCT outputs ---------
+
+#: A coded concept written as ``SCHEME:VALUE:Meaning`` (``SCT:64033007:Kidney``) or a keyword of pydicom's SNOMED CT
+#: dictionary (``Kidney``).
+CODE_FORMAT = "SCHEME:VALUE:Meaning (e.g. SCT:64033007:Kidney) or a SNOMED CT keyword of pydicom (e.g. Kidney)"
+
+#: Well-known label names -> (category keyword, type keyword) of pydicom's SNOMED CT dictionary (``codes.SCT``), so
+#: that no code value is typed by hand. Names are matched case-insensitively with spaces/dashes as underscores.
+KNOWN_LABELS: dict[str, tuple[str, str]] = {
+    **{name: ("AnatomicalStructure", keyword) for name, keyword in (
+        ("kidney", "Kidney"), ("liver", "Liver"), ("spleen", "Spleen"), ("pancreas", "Pancreas"),
+        ("lung", "Lung"), ("heart", "Heart"), ("brain", "Brain"), ("stomach", "Stomach"), ("aorta", "Aorta"),
+        ("gallbladder", "Gallbladder"), ("bladder", "Bladder"), ("prostate", "Prostate"), ("colon", "Colon"),
+        ("esophagus", "Esophagus"), ("duodenum", "Duodenum"), ("trachea", "Trachea"), ("thyroid", "Thyroid"),
+        ("adrenal_gland", "AdrenalGland"), ("spinal_cord", "SpinalCord"), ("vertebra", "Vertebra"), ("rib", "Rib"),
+        ("femur", "Femur"), ("bone", "Bone"), ("muscle", "Muscle"), ("skin", "Skin"),
+    )},
+    **{name: ("MorphologicallyAbnormalStructure", keyword) for name, keyword in (
+        ("tumor", "Neoplasm"), ("tumour", "Neoplasm"), ("neoplasm", "Neoplasm"), ("mass", "Mass"),
+        ("lesion", "Lesion"), ("cyst", "Cyst"), ("edema", "Edema"), ("oedema", "Edema"), ("necrosis", "Necrosis"),
+    )},
+}
+#: Names not in :data:`KNOWN_LABELS` get 3D Slicer's default terminology: category Tissue, type Tissue.
+GENERIC_CODES = ("Tissue", "Tissue")
+#: Default display colours (RGB), cycled by label order.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (221, 130, 101), (144, 238, 144), (255, 255, 0), (0, 151, 206), (216, 101, 79), (183, 156, 220),
+    (111, 184, 210), (241, 214, 145), (250, 250, 210), (230, 220, 70), (200, 200, 235), (255, 20, 147),
+)
+
+
+@dataclass(frozen=True)
+class CodeRef:
+    """A coded concept (DICOM Code Sequence item): ``value`` in ``scheme``, with its ``meaning``."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.value}:{self.meaning}"
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """One foreground label: its value in the mask, name, SNOMED CT category and type, display colour (RGB)."""
+
+    value: int
+    name: str
+    category: CodeRef
+    type: CodeRef
+    color: tuple[int, int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "name": self.name, "category": str(self.category), "type": str(self.type),
+                "color": list(self.color)}
+
+
+def parse_code(text: str) -> CodeRef:
+    """``SCT:64033007:Kidney`` or a pydicom SNOMED CT keyword (``Kidney``) -> :class:`CodeRef`; ValueError if not."""
+    from pydicom.sr.codedict import codes
+
+    parts = [p.strip() for p in text.split(":", 2)]
+    if len(parts) == 3 and all(parts):
+        return CodeRef(parts[1], parts[0], parts[2])
+    if len(parts) == 1 and parts[0].isidentifier():
+        try:
+            code = getattr(codes.SCT, parts[0])
+        except AttributeError:
+            pass
+        else:
+            return CodeRef(str(code.value), str(code.scheme_designator), str(code.meaning))
+    raise ValueError(f"{text!r} is not a code; expected {CODE_FORMAT}")
+
+
+def default_codes(name: str) -> tuple[CodeRef, CodeRef]:
+    """(category, type) for a label name: :data:`KNOWN_LABELS`, else :data:`GENERIC_CODES`."""
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    category, kind = KNOWN_LABELS.get(key, GENERIC_CODES)
+    return parse_code(category), parse_code(kind)
+
+
+def label_table(labels: dict[int, str], specs: dict[int, Any] | None = None) -> tuple[LabelInfo, ...]:
+    """The foreground labels (value > 0, ascending) with codes and colours.
+
+    ``specs[value]`` (the config's ``label_info``: objects with ``category``, ``type`` and ``color``; empty fields
+    take the defaults) overrides the defaults of :func:`default_codes` and :data:`PALETTE`. Raises ValueError
+    naming the label for a malformed code or colour.
+    """
+    out = []
+    for n, value in enumerate(sorted(v for v in labels if v > 0)):
+        name = labels[value]
+        category, kind = default_codes(name)
+        color = PALETTE[n % len(PALETTE)]
+        spec = (specs or {}).get(value)
+        if spec is not None:
+            try:
+                category = parse_code(spec.category) if spec.category else category
+                kind = parse_code(spec.type) if spec.type else kind
+            except ValueError as err:
+                raise ValueError(f"label {value} ({name}): {err}") from err
+            if spec.color:
+                if len(spec.color) != 3 or any(not 0 <= c <= 255 for c in spec.color):
+                    raise ValueError(f"label {value} ({name}): color must be [r, g, b] in 0-255, found "
+                                     f"{list(spec.color)}")
+                color = (int(spec.color[0]), int(spec.color[1]), int(spec.color[2]))
+        out.append(LabelInfo(value, name, category, kind, color))
+    return tuple(out)

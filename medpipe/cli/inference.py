@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from medpipe.cli.app import app, err_console, handled, out
-from medpipe.cli.options import Device, Insecure, NetrcFile, dicomweb_options
+from medpipe.cli.options import Device, Insecure, NetrcFile, SegType, dicomweb_options
 from medpipe.errors import MedpipeError
 
 
@@ -25,6 +25,10 @@ def infer(
     allow_tilt: Annotated[bool, typer.Option(help="DICOM: resample gantry-tilted stacks.")] = False,
     allow_uneven: Annotated[bool, typer.Option(help="DICOM: resample uneven slice spacing.")] = False,
     allow_non_hu: Annotated[bool, typer.Option(help="CT models: segment inputs that do not look like HU.")] = False,
+    output_format: Annotated[str, typer.Option(
+        "--format", help="Comma list of nifti, dicom-seg, rtstruct (DICOM inputs; the NIfTI mask is always written)."
+    )] = "nifti",
+    seg_type: Annotated[SegType, typer.Option(help="DICOM SEG: binary (viewers) or labelmap (compact).")] = "binary",
     push: Annotated[str | None, typer.Option("--push", help="DICOMweb root: send each case's <case>.seg.dcm "
                                                             "there (needs --format dicom-seg).")] = None,
     netrc_file: NetrcFile = None,
@@ -33,17 +37,19 @@ def infer(
     """Segment scans; masks land exactly on each input's grid."""
     from medpipe.cli.render import case_progress, render_infer
     from medpipe.inference.batch import infer as run_infer
+    from medpipe.inference.dicom_outputs import parse_formats
     from medpipe.inference.push import PushTarget, check_push_formats
     from medpipe.io.dicom.options import DicomOptions
 
-    formats = ("nifti",)  # the output formats; the parsed --format once the DICOM SEG writer is merged
     target = PushTarget(push, dicomweb_options(netrc_file, insecure, 3)) if push else None
     with handled():
+        formats = parse_formats(output_format)
         check_push_formats(formats, target)
         with case_progress(err_console, "segmenting") as on_case:
             result = run_infer(run, inputs, out_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
                                overwrite=overwrite, dicom_options=DicomOptions(series, allow_tilt, allow_uneven),
-                               allow_non_hu=allow_non_hu, push=target, on_case=on_case)
+                               allow_non_hu=allow_non_hu, formats=formats, seg_type=seg_type, push=target,
+                               on_case=on_case)
         render_infer(out, result)
         if len(result.cases) == 1 and result.n_failed:
             raise MedpipeError(result.cases[0].error or "failed")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from medpipe.errors import ConfigError
 
+SegType = Literal["binary", "labelmap"]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu or cuda.")]
 
 

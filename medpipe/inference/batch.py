@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medpipe.errors import InputError, MedpipeError
+from medpipe.inference import dicom_outputs
 from medpipe.inference.export import write_mask
 from medpipe.inference.inputs import InputCase, LoadedCase, collect_inputs, ct_intensity_check, load_case
 from medpipe.inference.predictor import Predictor, find_checkpoint
@@ -27,6 +28,7 @@ from medpipe.inference.sidecar import (
 )
 from medpipe.io.atomic import ensure_writable_dir, write_json_atomic
 from medpipe.io.dicom.options import DicomOptions
+from medpipe.io.dicom.seg import DicomOutput
 from medpipe.io.intensity import HuCheck
 from medpipe.runtime import versions
 
@@ -54,9 +56,12 @@ class InferResult:
 
 def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto", overlap: float | None = None,
           sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: DicomOptions | None = None,
-          allow_non_hu: bool = False, push: PushTarget | None = None,
+          allow_non_hu: bool = False, formats: tuple[str, ...] = ("nifti",), seg_type: str = "binary",
+          push: PushTarget | None = None,
           on_case: Callable[[CaseResult, int, int], None] | None = None) -> InferResult:
-    """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``).
+    """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``, and for DICOM series the
+    ``formats`` ``dicom-seg`` -> ``<case>.seg.dcm`` (``seg_type`` binary or labelmap), ``rtstruct`` ->
+    ``<case>.rtstruct.dcm``).
 
     For CT models (``ct_window`` intensity) each case must look like CT in HU (:func:`ct_intensity_check`)
     unless ``allow_non_hu``. With ``push``, each case that is ok or skipped then sends its ``<case>.seg.dcm``
@@ -69,11 +74,12 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
     if not cases:
         raise InputError("no input images found", path=", ".join(str(p) for p in inputs))
     _check_collisions(cases)
+    dicom_outputs.check_inputs(cases, formats)
     results: list[CaseResult] = []
     seen: set[str] = set()
     for i, case in enumerate(cases):
         res = run_case(seg, case, out_dir, overwrite=overwrite, dicom_options=dicom_options,
-                       allow_non_hu=allow_non_hu, reserved=seen)
+                       allow_non_hu=allow_non_hu, reserved=seen, formats=formats, seg_type=seg_type)
         if push is not None and res.status != "failed":
             res = _pushed(res, out_dir, push)
         results.append(res)
@@ -84,8 +90,10 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
 
 def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool = False,
              dicom_options: DicomOptions | None = None, allow_non_hu: bool = False,
-             reserved: set[str] | None = None) -> CaseResult:
-    """Segment one case into ``out_dir`` (mask + sidecar, each written atomically). Never raises a MedpipeError:
+             reserved: set[str] | None = None, formats: tuple[str, ...] = ("nifti",),
+             seg_type: str = "binary") -> CaseResult:
+    """Segment one case into ``out_dir`` (mask, DICOM ``formats``, then the sidecar, each written atomically; the
+    sidecar records them under ``outputs``). Never raises a MedpipeError:
     a bad case comes back as ``status="failed"`` with the reason. ``reserved``: case ids already written by this
     batch (a second input with the same id is refused; the id is added)."""
     seen = reserved if reserved is not None else set()
@@ -98,14 +106,17 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
                              path=case.files[0] if case.files else case.dicom_dir)
         seen.add(loaded.case_id)
         shown = loaded.case_id
-        if not overwrite and (done := already_done(out_dir, loaded, seg.model_sha256, seg.cfg.digest())):
+        if not overwrite and (done := already_done(out_dir, loaded, seg.model_sha256, seg.cfg.digest(), formats)):
             return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0)
+        dicom_outputs.check_case(loaded, formats)
         hu = (ct_intensity_check(loaded, strict=not allow_non_hu)
               if seg.cfg.transforms.intensity == "ct_window" else None)
         labels, details = seg.segment(loaded)
         mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", labels, loaded.grid)
+        written = dicom_outputs.write_dicom_outputs(loaded, labels, out_dir, formats, cfg=seg.cfg,
+                                                    model_sha256=seg.model_sha256, seg_type=seg_type)
         seconds = time.perf_counter() - t0
-        side = build_sidecar(seg, loaded, mask, details, seconds, hu)
+        side = build_sidecar(seg, loaded, mask, details, seconds, hu, written)
         write_json_atomic(out_dir / f"{loaded.case_id}.json", side.to_json())
         return CaseResult(loaded.case_id, "ok", mask, seconds=seconds)
     except MedpipeError as err:
@@ -113,7 +124,8 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
 
 
 def build_sidecar(seg: Predictor, case: LoadedCase, mask: Path, details: SegmentDetails, seconds: float,
-                  intensity_check: HuCheck | None = None) -> InferenceSidecar:
+                  intensity_check: HuCheck | None = None,
+                  dicom: dict[str, DicomOutput] | None = None) -> InferenceSidecar:
     """The sidecar record of one segmented case."""
     inf = seg.cfg.inference
     return InferenceSidecar(
@@ -122,7 +134,7 @@ def build_sidecar(seg: Predictor, case: LoadedCase, mask: Path, details: Segment
         labels=dict(seg.cfg.labels), source_grid=case.grid, device=seg.device,
         sliding_window=SlidingWindowSettings(tuple(inf.roi_size_vox), inf.overlap, inf.sw_batch_size, inf.blend),
         input=case.provenance, details=details, seconds_total=round(seconds, 3), versions=versions(),
-        intensity_check=intensity_check,
+        intensity_check=intensity_check, dicom_outputs=dict(dicom or {}),
     )
 
 

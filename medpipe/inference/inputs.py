@@ -60,7 +60,8 @@ class InputProvenance:
 
 @dataclass(frozen=True)
 class LoadedCase:
-    """A read case: ``array`` is (C, I, J, K) float32 on ``grid``; ``provenance`` says how it was read."""
+    """A read case: ``array`` is (C, I, J, K) float32 on ``grid``; ``provenance`` says how it was read;
+    ``dicom_files``: for a DICOM series, its files in slice order (what DICOM outputs reference)."""
 
     case_id: str
     array: np.ndarray
@@ -68,6 +69,7 @@ class LoadedCase:
     input_sha256: str
     provenance: InputProvenance = field(default_factory=InputProvenance)
     files: tuple[Path, ...] = ()
+    dicom_files: tuple[Path, ...] = ()
 
 
 def _channel_pattern(channels: tuple[str, ...]) -> re.Pattern[str]:
@@ -189,4 +191,5 @@ def _load_dicom(case: InputCase, n_channels: int, options: DicomOptions) -> Load
 
     # Named like `medpipe convert` names it: series label + description, never patient data or folder names.
     case_id = case.case_id or output_stem(vol.label or str(vol.series_number or 0), vol.description)
-    return LoadedCase(case_id, arr[None], grid, digest, InputProvenance("dicom", vol.provenance))
+    return LoadedCase(case_id, arr[None], grid, digest, InputProvenance("dicom", vol.provenance),
+                      dicom_files=vol.source_files)

@@ -7,12 +7,14 @@ for the same input (sha256), model (sha256) and config hash (:func:`already_done
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medpipe.errors import InputError
 from medpipe.inference.inputs import InputProvenance, LoadedCase
+from medpipe.io.dicom.seg import DicomOutput
 from medpipe.io.geometry import Grid
 from medpipe.io.intensity import HuCheck
 
@@ -125,6 +127,7 @@ class InferenceSidecar:
     intensity_check: HuCheck | None = None
     status: str = "ok"
     dicomweb_push: CasePush | None = None
+    dicom_outputs: dict[str, DicomOutput] = field(default_factory=dict)
     format: str = field(default=SIDECAR_FORMAT)
 
     def to_json(self) -> dict[str, Any]:
@@ -142,6 +145,7 @@ class InferenceSidecar:
             "sliding_window": self.sliding_window.to_json(),
             "input": self.input.to_json(),
             **self.details.to_json(),
+            "outputs": {"nifti": self.mask, **{k: v.to_json() for k, v in self.dicom_outputs.items()}},
         }
         if self.intensity_check is not None:
             out["intensity_check"] = self.intensity_check.to_json()
@@ -166,6 +170,7 @@ class InferenceSidecar:
             seconds_total=float(d["seconds_total"]), versions={str(k): str(v) for k, v in d["versions"].items()},
             intensity_check=HuCheck.from_json(hu) if isinstance(hu, dict) else None, status=str(d["status"]),
             dicomweb_push=CasePush.from_json(push) if isinstance(push, dict) else None,
+            dicom_outputs={k: DicomOutput.from_json(v) for k, v in d.get("outputs", {}).items() if k != "nifti"},
         )
 
 
@@ -177,12 +182,16 @@ def read_sidecar(path: Path) -> InferenceSidecar | None:
         return None
 
 
-def already_done(out_dir: Path, case: LoadedCase, model_sha256: str, config_hash: str) -> Path | None:
-    """The mask of ``case`` when a previous run made it from the same input, model and config (else None)."""
+def already_done(out_dir: Path, case: LoadedCase, model_sha256: str, config_hash: str,
+                 formats: Sequence[str] = ("nifti",)) -> Path | None:
+    """The mask of ``case`` when a previous run made it from the same input, model and config, and wrote every
+    requested output format (else None)."""
     mask = out_dir / f"{case.case_id}.nii.gz"
     side = read_sidecar(out_dir / f"{case.case_id}.json")
     if side is None or not mask.is_file():
         return None
     same = (side.input_sha256 == case.input_sha256 and side.config_hash == config_hash
             and side.model.sha256 == model_sha256 and side.status == "ok")
-    return mask if same else None
+    outputs = all(f in side.dicom_outputs and (out_dir / side.dicom_outputs[f].file).is_file()
+                  for f in formats if f != "nifti")
+    return mask if same and outputs else None

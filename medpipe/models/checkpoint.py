@@ -62,6 +62,8 @@ def config_of(ckpt: dict[str, Any], path: str | Path) -> PipelineConfig:
     """The resolved config stored in a checkpoint."""
     cfg = dict(ckpt["config"])
     cfg["labels"] = {int(k): v for k, v in cfg["labels"].items()}
+    if "label_info" in cfg:
+        cfg["label_info"] = {int(k): v for k, v in cfg["label_info"].items()}
     return config_from_dict(cfg, source=f"{path} (stored config)")
 
 

@@ -100,3 +100,57 @@ def test_sentinel_in_the_given_folder_stays_out_of_outputs(tmp_path):
     out = tmp_path / "out"
     convert_dicom(folder, out)
     assert SENTINEL not in _all_output_text(out)
+
+
+def test_seg_path_carries_patient_data_only_inside_the_dicom_objects(tmp_path, caplog):
+    """The SEG and RTSTRUCT must carry the patient module (a PACS needs it); their file names, the output records
+    (sidecar material), errors, warnings and logs never do."""
+    import numpy as np
+    import pydicom
+
+    from medpipe.errors import MedpipeError
+    from medpipe.io.dicom.rtstruct import write_rtstruct
+    from medpipe.io.dicom.seg import Algorithm, write_seg
+    from medpipe.io.geometry import Grid
+    from medpipe.labels import label_table
+
+    caplog.set_level(logging.DEBUG)
+    folder = tmp_path / f"{SENTINEL}_MRN_123" / f"{SENTINEL}^DOE"
+    write_series(folder, edit=_plant, intercept=-1024.0)
+    out = tmp_path / "out"
+    table = label_table({0: "background", 1: "kidney"})
+    algo = Algorithm("model", "0" * 64)
+    errors = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vol = read_dicom_volume(folder)
+        labels = np.zeros(vol.array.shape, np.uint8)
+        labels[2:6, 2:6, 2:5] = 1
+        records = [write_seg(out / "case.seg.dcm", labels, vol.grid, vol.source_files, table, algo),
+                   write_seg(out / "case.lm.seg.dcm", labels, vol.grid, vol.source_files, table, algo,
+                             seg_type="labelmap"),
+                   write_rtstruct(out / "case.rtstruct.dcm", labels, vol.grid, vol.source_files, table, algo)]
+        off = vol.grid.affine.copy()
+        off[:3, 3] += 0.5
+        for call in (
+            lambda: write_seg(out / "bad.seg.dcm", labels + 1, vol.grid, vol.source_files, table, algo),
+            lambda: write_seg(out / "bad.seg.dcm", labels, Grid(vol.grid.shape, off), vol.source_files, table, algo),
+            lambda: write_rtstruct(out / "bad.rtstruct.dcm", labels, Grid(vol.grid.shape, off), vol.source_files,
+                                   table, algo),
+        ):
+            with pytest.raises(MedpipeError) as err:
+                call()
+            errors.append(str(err.value))
+    for name in ("case.seg.dcm", "case.lm.seg.dcm", "case.rtstruct.dcm"):
+        ds = pydicom.dcmread(out / name)
+        assert str(ds.PatientName).startswith(SENTINEL) and ds.PatientID.startswith(SENTINEL)
+    texts = {
+        "file names": "\n".join(p.name for p in out.rglob("*")),
+        "records": json.dumps([r.to_json() for r in records]),
+        "errors": "\n".join(errors),
+        "warnings": "\n".join(str(w.message) for w in caught),
+        "logs": caplog.text,
+    }
+    for where, text in texts.items():
+        assert SENTINEL not in text, f"patient data leaked into {where}"
+        assert "19700101" not in text and "ZZPHISENT1" not in text

@@ -35,6 +35,7 @@ class DicomVolume:
     ``affine``: 4x4, voxel index to RAS+ mm, so ``nib.Nifti1Image(array, affine)`` is correctly placed.
     ``provenance``: decisions, checks, repairs and skipped-file counts (no patient data, no paths).
     ``integer_valued``: every voxel is an integer (no repair interpolated, integer slope and intercept).
+    ``source_files``: the files of the images, in slice order (each once; the basis of DICOM SEG/RTSTRUCT outputs).
     """
 
     array: np.ndarray
@@ -46,6 +47,7 @@ class DicomVolume:
     provenance: DicomProvenance
     label: str = ""
     integer_valued: bool = False
+    source_files: tuple[Path, ...] = ()
 
     @property
     def grid(self) -> Grid:
@@ -130,6 +132,7 @@ def load_candidate(
         provenance=provenance,
         label=cand.label,
         integer_valued=values.integer_valued and not repairs,
+        source_files=tuple(dict.fromkeys(f.path for f in frames)),
     )
 
 

@@ -14,7 +14,7 @@ from medpipe.errors import MedpipeError
 
 @app.command()
 def infer(
-    run: Annotated[Path, typer.Argument(help="Run folder (best.pt) or a checkpoint file.")],
+    run: Annotated[Path, typer.Argument(help="Run folder (best.pt), a checkpoint file, or a package (.zip).")],
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, folders of them, or DICOM folders.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <case>.nii.gz + <case>.json.")],
     device: Device = "auto",
@@ -25,6 +25,7 @@ def infer(
     allow_tilt: Annotated[bool, typer.Option(help="DICOM: resample gantry-tilted stacks.")] = False,
     allow_uneven: Annotated[bool, typer.Option(help="DICOM: resample uneven slice spacing.")] = False,
     allow_non_hu: Annotated[bool, typer.Option(help="CT models: segment inputs that do not look like HU.")] = False,
+    engine: Annotated[str, typer.Option(help="torch, or onnxruntime (packages made with --onnx; CPU).")] = "torch",
 ) -> None:
     """Segment scans; masks land exactly on each input's grid."""
     from medpipe.cli.render import case_progress, render_infer
@@ -35,7 +36,7 @@ def infer(
         with case_progress(err_console, "segmenting") as on_case:
             result = run_infer(run, inputs, out_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
                                overwrite=overwrite, dicom_options=dicom_options, allow_non_hu=allow_non_hu,
-                               on_case=on_case)
+                               engine=engine, on_case=on_case)
         render_infer(out, result)
         if len(result.cases) == 1 and result.n_failed:
             raise MedpipeError(result.cases[0].error or "failed")

@@ -43,14 +43,15 @@ class InferResult:
 
 def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto", overlap: float | None = None,
           sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: dict[str, Any] | None = None,
-          allow_non_hu: bool = False,
+          allow_non_hu: bool = False, engine: str = "torch",
           on_case: Callable[[CaseResult, int, int], None] | None = None) -> InferResult:
     """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``).
 
     For CT models (``ct_window`` intensity) each case must look like CT in HU (:func:`ct_intensity_check`)
-    unless ``allow_non_hu``."""
+    unless ``allow_non_hu``. ``run`` may be a medpipe package (``.zip`` or folder); ``engine`` torch or
+    onnxruntime (packages with ONNX files, CPU)."""
     ensure_writable_dir(out_dir)
-    seg = Predictor(find_checkpoint(run), device, overlap, sw_batch_size)
+    seg = Predictor(find_checkpoint(run), device, overlap, sw_batch_size, engine)
     cases = collect_inputs(inputs, seg.cfg.channels)
     if not cases:
         raise InputError("no input images found", path=", ".join(str(p) for p in inputs))

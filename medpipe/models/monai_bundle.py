@@ -81,18 +81,28 @@ class BundleConfig:
         return value
 
     def transforms(self, key: str) -> list[tuple[str, str, dict[str, Any]]]:
-        """(key of the item, class name, arguments) of a Compose's transforms."""
-        comp = self.component(key)
-        if target_name(comp["_target_"]) != "Compose" or not isinstance(comp.get("transforms"), list):
+        """(key of the item, class name, arguments) of a Compose's transforms. The arguments of transforms in
+        :data:`PASSIVE` (loading, saving, inverting) are not read; the others' are resolved."""
+        if key not in self.raw:
+            raise self.refuse(key, "missing")
+        comp = self.raw[key]
+        if isinstance(comp, str) and comp.startswith("@"):
+            comp = self.lookup(comp[1:], key)
+        items = comp.get("transforms") if isinstance(comp, dict) else None
+        if not isinstance(comp, dict) or target_name(comp.get("_target_")) != "Compose" or not isinstance(items, list):
             raise self.refuse(key, "expected a Compose with a 'transforms' list")
         out = []
-        for i, item in enumerate(comp["transforms"]):
+        for i, item in enumerate(items):
             where = f"{key}.transforms[{i}]"
+            if isinstance(item, str) and item.startswith("@"):
+                item = self.lookup(item[1:], where)
             if not isinstance(item, dict) or "_target_" not in item:
                 raise self.refuse(where, "expected a transform component")
+            name = target_name(self.resolve(item["_target_"], f"{where}._target_"))
             if item.get("_disabled_") in (True, "true", "True"):
                 continue
-            out.append((where, target_name(item["_target_"]), {k: v for k, v in item.items() if k not in META_KEYS}))
+            args = {k: v for k, v in item.items() if k not in META_KEYS}
+            out.append((where, name, args if name in PASSIVE else self.resolve(args, where)))
         return out
 
 

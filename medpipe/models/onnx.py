@@ -56,7 +56,7 @@ def export_onnx(model: nn.Module, in_channels: int, patch_size: tuple[int, ...])
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings and the legacy exporter's deprecation notice
         torch.onnx.export(model.eval(), (dummy,), buf, dynamo=False, input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": axes, "logits": axes}, opset_version=OPSET)
+                          dynamic_axes={"image": axes, "logits": axes}, opset_version=OPSET)  # type: ignore[arg-type]
     return buf.getvalue()
 
 

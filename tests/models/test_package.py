@@ -204,3 +204,14 @@ def test_model_card(run_and_package: tuple[Path, Path]) -> None:
         assert needle in text, needle
     res = runner.invoke(app, ["info", str(run_and_package[1]), "--json"])
     assert json.loads(res.output)["manifest"]["name"] == "tiny-ct"
+
+
+def test_folds_of_different_models_are_refused(tmp_path: Path) -> None:
+    tiny_run(tmp_path / "cv" / "fold_0", "unet3d", fold=0)
+    tiny_run(tmp_path / "cv" / "fold_1", "dynunet", fold=1)
+    with pytest.raises(CheckpointError, match="fold 1 was trained with another model or preprocessing than fold 0"):
+        build_package([tmp_path / "cv"], tmp_path / "cv.zip")
+    assert not (tmp_path / "cv.zip").exists()
+    res = runner.invoke(app, ["package", str(tmp_path / "cv" / "fold_0"), str(tmp_path / "cv" / "fold_0"),
+                              "-o", str(tmp_path / "twice.zip")])
+    assert res.exit_code == 1 and "same fold number" in res.output

@@ -8,6 +8,11 @@ per label (must be >= 0.999). Cases: the run's validation cases (``split.json``)
 256x256x128 (as in ``benchmarks/infer_e2e.py``).
 
     python benchmarks/onnx_engine.py --run runs/sample-ct/model [--repeats 3] [--threads 2]
+    python benchmarks/onnx_engine.py --random-weights pipelines/sample-ct.yaml   # no trained run at hand
+
+The table also gives the voxels per label of the torch masks, so that an agreement of empty masks (an
+under-trained model) is visible. ``--random-weights CONFIG``: the config's network with seeded random weights
+(timings do not depend on the weights; random logits make the masks noisy, a harder agreement test).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--run", type=Path)
+    parser.add_argument("--random-weights", type=Path, metavar="CONFIG")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for both engines")
     parser.add_argument("--json", type=Path)
@@ -46,6 +52,17 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="onnx-bench-"))
+    if args.random_weights:
+        from medpipe.config import load_config
+        from medpipe.models.checkpoint import save_checkpoint
+        from medpipe.models.factory import build_model
+
+        cfg = load_config(args.random_weights)
+        torch.manual_seed(0)
+        args.run = tmp / "random"
+        save_checkpoint(args.run / "best.pt", build_model(cfg), cfg)
+    if args.run is None:
+        parser.error("--run or --random-weights is needed")
     t0 = time.perf_counter()
     result = build_package([args.run], tmp / "model.zip", onnx=True)
     print(f"packaged with ONNX in {time.perf_counter() - t0:.1f} s; check: "
@@ -82,16 +99,18 @@ def main() -> None:
 
     rows = []
     print("\n| case | grid | sliding window torch (s) | ONNX Runtime (s) | ratio | end to end torch (s) | "
-          "ONNX Runtime (s) | ratio | Dice kidney | Dice tumour |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "ONNX Runtime (s) | ratio | voxels 1 / 2 | Dice 1 | Dice 2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for cid, loaded in cases:
         (sw_t, tot_t), (sw_o, tot_o) = best[("torch", cid)], best[("onnxruntime", cid)]
         a, b = masks[("torch", cid)], masks[("onnxruntime", cid)]
         d = [dice(a == k, b == k) for k in (1, 2)]
+        counts = [int((a == k).sum()) for k in (1, 2)]
         rows.append({"case": cid, "shape": list(loaded.array.shape[1:]), "sw_torch": sw_t, "sw_ort": sw_o,
-                     "total_torch": tot_t, "total_ort": tot_o, "dice": d})
+                     "total_torch": tot_t, "total_ort": tot_o, "dice": d, "voxels": counts})
         print(f"| {cid} | {'x'.join(map(str, loaded.array.shape[1:]))} | {sw_t:.2f} | {sw_o:.2f} | "
-              f"{sw_t / sw_o:.2f}x | {tot_t:.2f} | {tot_o:.2f} | {tot_t / tot_o:.2f}x | {d[0]:.4f} | {d[1]:.4f} |")
+              f"{sw_t / sw_o:.2f}x | {tot_t:.2f} | {tot_o:.2f} | {tot_t / tot_o:.2f}x | {counts[0]} / {counts[1]} | "
+              f"{d[0]:.4f} | {d[1]:.4f} |")
     if min(min(r["dice"]) for r in rows) < 0.999:
         print("WARNING: the engines' masks disagree (Dice < 0.999)")
     if args.json:

@@ -111,6 +111,7 @@ def test_manifest_content(run_and_package: tuple[Path, Path]) -> None:
     assert manifest_schema()["properties"]["format"]["const"] == m.format
 
 
+@pytest.mark.slow
 def test_dynunet_package_with_two_folds(tmp_path: Path, scans: Path) -> None:
     tiny_run(tmp_path / "cv" / "fold_0", "dynunet", seed=0, fold=0)
     tiny_run(tmp_path / "cv" / "fold_1", "dynunet", seed=1, fold=1)

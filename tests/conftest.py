@@ -47,8 +47,9 @@ def all_orientations() -> list[tuple[tuple[int, int, int], tuple[int, int, int]]
 
 def sphere_phantom(shape: tuple[int, int, int], affine: np.ndarray, centre_mm: np.ndarray | None = None,
                    radii_mm: tuple[float, float] = (9.0, 4.0), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A CT-like image (HU, float32) and labels (int16): a body at 40 HU, a sphere (label 1, 180 HU) with an
-    inner core (label 2, 90 HU), defined in world millimetres so every grid sees the same object."""
+    """A CT-like image (HU, float32) and labels (int16): a body at 40 HU surrounded by air (-1000 HU, as a CT in
+    Hounsfield units has), a sphere (label 1, 180 HU) with an inner core (label 2, 90 HU), defined in world
+    millimetres so every grid sees the same object."""
     ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")).reshape(3, -1)
     world = affine[:3, :3] @ ijk + affine[:3, 3:4]
     if centre_mm is None:
@@ -58,7 +59,8 @@ def sphere_phantom(shape: tuple[int, int, int], affine: np.ndarray, centre_mm: n
     labels[d < radii_mm[0]] = 1
     labels[d < radii_mm[1]] = 2
     rng = np.random.default_rng(seed)
-    image = np.where(labels == 1, 180.0, np.where(labels == 2, 90.0, 40.0)) + rng.normal(0, 5, shape)
+    body = np.where(d < 2.2 * radii_mm[0], 40.0, -1000.0)
+    image = np.where(labels == 1, 180.0, np.where(labels == 2, 90.0, body)) + rng.normal(0, 5, shape)
     return image.astype(np.float32), labels
 
 

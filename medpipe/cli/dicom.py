@@ -13,10 +13,22 @@ from medpipe.cli.app import app, handled, out
 
 @app.command()
 def info(
-    path: Annotated[Path, typer.Argument(help="A NIfTI file or a DICOM folder.")],
+    path: Annotated[Path, typer.Argument(help="A NIfTI file, a DICOM folder or a medpipe package.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """What is in a NIfTI file or DICOM folder (series, size, spacing, orientation, problems)."""
+    """What is in a NIfTI file or DICOM folder (series, size, spacing, orientation, problems), or a package's
+    model card."""
+    if path.suffix.lower() == ".zip" or (path / "medpipe.json").is_file():
+        from medpipe.cli.render import render_model_card
+        from medpipe.models.package import package_info
+
+        with handled():
+            card = package_info(path).to_json()
+        if as_json:
+            typer.echo(json.dumps(card, indent=2))
+        else:
+            out.print(render_model_card(card))
+        return
     from medpipe.cli.render import render_info
     from medpipe.io.inspect import info as run_info
 

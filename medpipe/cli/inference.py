@@ -14,7 +14,7 @@ from medpipe.errors import MedpipeError
 
 @app.command()
 def infer(
-    run: Annotated[Path, typer.Argument(help="Run folder (best.pt) or a checkpoint file.")],
+    run: Annotated[Path, typer.Argument(help="Run folder (best.pt), a checkpoint file, or a package (.zip).")],
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, folders of them, or DICOM folders.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <case>.nii.gz + <case>.json.")],
     device: Device = "auto",
@@ -33,6 +33,7 @@ def infer(
                                                             "there (needs --format dicom-seg).")] = None,
     netrc_file: NetrcFile = None,
     insecure: Insecure = False,
+    engine: Annotated[str, typer.Option(help="torch, or onnxruntime (packages made with --onnx; CPU).")] = "torch",
 ) -> None:
     """Segment scans; masks land exactly on each input's grid."""
     from medpipe.cli.render import case_progress, render_infer
@@ -49,7 +50,7 @@ def infer(
             result = run_infer(run, inputs, out_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
                                overwrite=overwrite, dicom_options=DicomOptions(series, allow_tilt, allow_uneven),
                                allow_non_hu=allow_non_hu, formats=formats, seg_type=seg_type, push=target,
-                               on_case=on_case)
+                               engine=engine, on_case=on_case)
         render_infer(out, result)
         if len(result.cases) == 1 and result.n_failed:
             raise MedpipeError(result.cases[0].error or "failed")

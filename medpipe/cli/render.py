@@ -226,3 +226,54 @@ def render_push(result: PushResult, max_rows: int = 40) -> Any:
     style = "green" if result.ok else "bold red"
     lines.append(Text(f"stored {result.n_stored} of {n} instance(s) on {result.server}", style=style))
     return Group(*lines)
+
+
+def render_model_card(card: dict[str, Any]) -> Any:
+    """The model card of a package (``PackageContents.to_json()``): model, inputs, preprocessing, labels, folds
+    with validation metrics, provenance and licence."""
+    m = card["manifest"]
+    pre, sw, arch = m["preprocessing"], m["sliding_window"], m["architecture"]
+    head = Table(title=f"{m['name']}  ({card['path']}, {card['size_bytes'] / 1e6:.1f} MB, sha256 verified)",
+                 title_justify="left", show_header=False)
+    head.add_column("field", style="bold")
+    head.add_column("value", overflow="fold")
+    norms = "; ".join(f"ch{n['channel']} {n['kind']} {n.get('params') or ''}".strip() for n in pre["normalisation"])
+    rows = [
+        ("format", m["format"]),
+        ("architecture", f"{arch['name']}{' (slice-wise 2D)' if arch.get('slice_wise') else ''} "
+                         + ", ".join(f"{k}={v}" for k, v in arch["args"].items() if k in
+                                     ("channels", "filters", "strides", "feature_size", "init_filters"))),
+        ("inputs", ", ".join(f"{c['index']}: {c['name']} ({c['modality']})" for c in m["channels"])),
+        ("preprocessing", f"{pre['kind']}: orientation {pre['orientation']}, spacing "
+                          f"{' x '.join(f'{s:g}' for s in pre['target_spacing_mm'])} mm, "
+                          f"crop to foreground {'yes' if pre['crop_foreground'] else 'no'}"),
+        ("normalisation", norms),
+        ("sliding window", f"patch {'x'.join(map(str, sw['patch_size_vox']))}, overlap {sw['overlap']:g}, "
+                           f"{sw['blend']} blend"),
+        ("output", f"{m['output']['activation']}; TTA axes {m['output'].get('tta_axes') or 'none'}"),
+        ("regions", ", ".join(f"{r['name']}={r['labels']}" for r in m.get("regions", [])) or "none"),
+        ("postprocessing", str(m.get("postprocessing") or "none")),
+        ("source", ", ".join(f"{k}: {v}" for k, v in m.get("source", {}).items()) or "?"),
+        ("licence", m.get("licence", "unspecified")),
+        ("software", ", ".join(f"{k} {v}" for k, v in m.get("software", {}).items())),
+    ]
+    for key, value in rows:
+        head.add_row(key, str(value))
+    labels = Table(title="labels", title_justify="left")
+    for col in ("value", "name", "colour", "SNOMED category", "SNOMED type"):
+        labels.add_column(col)
+    for lab in m["labels"]:
+        r, g, b = lab["color"]
+        swatch = Text("■ ", style=f"rgb({r},{g},{b})") + f"#{r:02x}{g:02x}{b:02x}"
+        labels.add_row(str(lab["value"]), lab["name"], swatch, _code(lab.get("category")), _code(lab.get("type")))
+    folds = Table(title="folds", title_justify="left")
+    for col in ("fold", "weights", "onnx", "validation"):
+        folds.add_column(col, overflow="fold")
+    for f in m["folds"]:
+        metrics = ", ".join(f"{k} {v:g}" if isinstance(v, int | float) else f"{k} -" for k, v in f["metrics"].items())
+        folds.add_row(str(f["fold"]), f["weights"], f.get("onnx") or "-", metrics or "-")
+    return Group(head, labels, folds)
+
+
+def _code(code: dict[str, str] | None) -> str:
+    return f"{code['value']} {code['meaning']}" if code else "-"

@@ -57,7 +57,7 @@ class InferResult:
 def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto", overlap: float | None = None,
           sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: DicomOptions | None = None,
           allow_non_hu: bool = False, formats: tuple[str, ...] = ("nifti",), seg_type: str = "binary",
-          push: PushTarget | None = None,
+          push: PushTarget | None = None, engine: str = "torch",
           on_case: Callable[[CaseResult, int, int], None] | None = None) -> InferResult:
     """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``, and for DICOM series the
     ``formats`` ``dicom-seg`` -> ``<case>.seg.dcm`` (``seg_type`` binary or labelmap), ``rtstruct`` ->
@@ -65,11 +65,12 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
 
     For CT models (``ct_window`` intensity) each case must look like CT in HU (:func:`ct_intensity_check`)
     unless ``allow_non_hu``. With ``push``, each case that is ok or skipped then sends its ``<case>.seg.dcm``
-    to the DICOMweb server (:mod:`medpipe.inference.push`); a failed push fails the case."""
+    to the DICOMweb server (:mod:`medpipe.inference.push`); a failed push fails the case. ``run`` may be a
+    medpipe package (``.zip`` or folder); ``engine`` torch or onnxruntime (packages with ONNX files, CPU)."""
     if push is not None:
         preflight(push)
     ensure_writable_dir(out_dir)
-    seg = Predictor(find_checkpoint(run), device, overlap, sw_batch_size)
+    seg = Predictor(find_checkpoint(run), device, overlap, sw_batch_size, engine)
     cases = collect_inputs(inputs, seg.cfg.channels)
     if not cases:
         raise InputError("no input images found", path=", ".join(str(p) for p in inputs))

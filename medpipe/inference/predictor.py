@@ -19,13 +19,14 @@ from medpipe.inference.inputs import LoadedCase
 from medpipe.inference.sidecar import SegmentDetails
 from medpipe.labels import label_scores
 from medpipe.models.checkpoint import model_from_checkpoint
+from medpipe.models.package import is_package, load_package_models
 from medpipe.runtime import resolve_device, sha256_file
 from medpipe.transforms import preprocess
 
 
 def find_checkpoint(run: Path) -> Path:
     """A run folder's ``best.pt`` (else ``last.pt``), or a checkpoint file given directly."""
-    if run.is_file():
+    if run.is_file() or is_package(run):
         return run
     if not run.is_dir():
         raise CheckpointError("run folder or checkpoint not found", path=run)
@@ -39,28 +40,39 @@ class Predictor:
     """A loaded model plus its preprocessing: segments one case at a time."""
 
     def __init__(self, checkpoint: Path, device: str = "auto", overlap: float | None = None,
-                 sw_batch_size: int | None = None) -> None:
-        self.device = resolve_device(device)
+                 sw_batch_size: int | None = None, engine: str = "torch") -> None:
+        # ONNX Runtime runs on the CPU: "auto" means the CPU for that engine
+        self.device = resolve_device("cpu" if engine == "onnxruntime" and device == "auto" else device)
         self.checkpoint = checkpoint
-        self.model, cfg = model_from_checkpoint(checkpoint, self.device)
+        self.engine = engine
+        if is_package(checkpoint):  # a medpipe package: one network per fold, probabilities averaged
+            self.models, cfg, self.model_sha256 = load_package_models(checkpoint, self.device, engine)
+        else:
+            if engine != "torch":
+                raise CheckpointError(f"--engine {engine} needs a package with ONNX files", path=checkpoint,
+                                      hint="medpipe package RUN_DIR --onnx -o model.zip")
+            model, cfg = model_from_checkpoint(checkpoint, self.device)
+            self.models = [model]
+            self.model_sha256 = sha256_file(checkpoint)
+        self.model = self.models[0]
         overrides = {"overlap": overlap, "sw_batch_size": sw_batch_size}
         self.cfg: PipelineConfig = cfg.with_overrides(
             inference={k: v for k, v in overrides.items() if v is not None}
         )
-        self.model_sha256 = sha256_file(checkpoint)
         self.label_values = list(range(cfg.num_classes))
         self._pre: Any = None
 
-    def logits(self, image: torch.Tensor) -> tuple[torch.Tensor, str]:
+    def logits(self, image: torch.Tensor, model: torch.nn.Module | None = None) -> tuple[torch.Tensor, str]:
         """Sliding-window logits for a (1, C, X, Y, Z) network-space tensor; returns (logits, memory rung)."""
         inf = self.cfg.inference
+        net = self.model if model is None else model
         use_amp = inf.amp and self.device.startswith("cuda")
 
         def run(out_device: str) -> torch.Tensor:
             with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                 return sliding_window_inference(  # type: ignore[return-value]
                     image.to(self.device), roi_size=inf.roi_size_vox, sw_batch_size=inf.sw_batch_size,
-                    predictor=self.model, overlap=inf.overlap, mode=inf.blend, sw_device=self.device,
+                    predictor=net, overlap=inf.overlap, mode=inf.blend, sw_device=self.device,
                     device=out_device,
                 )
 
@@ -80,8 +92,11 @@ class Predictor:
         img = MetaTensor(torch.from_numpy(case.array), meta={"affine": torch.as_tensor(case.grid.affine)})
         net_img = self._pre({"image": img})["image"]
         t1 = time.perf_counter()
-        logits, rung = self.logits(net_img[None])
-        probs = label_scores(logits[0].float(), self.cfg)  # softmax, or decoded sigmoid regions
+        scores = []
+        for model in self.models:  # folds of a package: mean of the per-fold label scores
+            logits, rung = self.logits(net_img[None], model)
+            scores.append(label_scores(logits[0].float(), self.cfg))  # softmax, or decoded sigmoid regions
+        probs = scores[0] if len(scores) == 1 else torch.stack(scores).mean(dim=0)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -90,7 +105,8 @@ class Predictor:
         labels = self._postprocess(labels)
         t3 = time.perf_counter()
         details = SegmentDetails(tuple(int(v) for v in net_img.shape[1:]), tuple(self.cfg.transforms.spacing_mm), rung,
-                                 round(t1 - t0, 3), round(t2 - t1, 3), round(t3 - t2, 3))
+                                 round(t1 - t0, 3), round(t2 - t1, 3), round(t3 - t2, 3), self.engine,
+                                 len(self.models))
         return labels, details
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:

@@ -65,11 +65,15 @@ class SegmentDetails:
     preprocess_s: float
     inference_s: float
     export_s: float
+    engine: str = "torch"
+    folds: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return {
             "network_grid": {"shape": list(self.network_shape), "spacing_mm": list(self.network_spacing_mm)},
             "memory_rung": self.memory_rung,
+            "engine": self.engine,
+            "folds": self.folds,
             "timings_s": {"preprocess": self.preprocess_s, "inference": self.inference_s, "export": self.export_s},
         }
 
@@ -77,7 +81,8 @@ class SegmentDetails:
     def from_json(cls, d: dict[str, Any]) -> SegmentDetails:
         net, t = d["network_grid"], d["timings_s"]
         return cls(tuple(int(v) for v in net["shape"]), tuple(float(v) for v in net["spacing_mm"]),
-                   str(d["memory_rung"]), float(t["preprocess"]), float(t["inference"]), float(t["export"]))
+                   str(d["memory_rung"]), float(t["preprocess"]), float(t["inference"]), float(t["export"]),
+                   str(d.get("engine", "torch")), int(d.get("folds", 1)))
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,16 @@
-"""Network factory: MONAI UNet 3D, slice-wise 2D UNet, DynUNet."""
+"""Network factory: MONAI UNet 3D, slice-wise 2D UNet, DynUNet (from the config); UNet, DynUNet, SegResNet and
+SwinUNETR by class name and arguments (from package manifests and imported bundles)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from monai.networks.nets import DynUNet, UNet
+from monai.networks.nets import DynUNet, SegResNet, SwinUNETR, UNet
 from torch import nn
 
 from medpipe.config import ModelConfig, PipelineConfig
+from medpipe.errors import CheckpointError
 from medpipe.models.topology import dynunet_topology
 
 
@@ -33,21 +37,42 @@ def uses_deep_supervision(cfg: PipelineConfig) -> bool:
     return cfg.model.arch == "dynunet" and cfg.model.deep_supervision and len(cfg.model.channels) >= 3
 
 
-def build_model(cfg: PipelineConfig) -> nn.Module:
-    """The configured network: ``in_channels`` inputs, ``out_channels`` logits (classes, or regions)."""
+def network_spec(cfg: PipelineConfig) -> tuple[str, dict[str, Any], bool]:
+    """The configured network as (MONAI class name, keyword arguments as JSON values, slice-wise 2D?)."""
     m: ModelConfig = cfg.model
     norm = "instance" if m.norm == "instance" else "batch"
     if m.arch in ("unet3d", "unet2d"):
         dims = 3 if m.arch == "unet3d" else 2
-        net: nn.Module = UNet(
-            spatial_dims=dims, in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-            channels=m.channels, strides=m.strides, num_res_units=m.num_res_units, norm=norm, dropout=m.dropout,
-        )
-        return net if dims == 3 else SliceWise2D(net)
+        args: dict[str, Any] = {
+            "spatial_dims": dims, "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
+            "channels": list(m.channels), "strides": list(m.strides), "num_res_units": m.num_res_units,
+            "norm": norm, "dropout": m.dropout,
+        }
+        return "UNet", args, dims == 2
     kernels, strides = dynunet_topology(cfg.transforms.patch_size_vox, cfg.transforms.spacing_mm, len(m.channels))
-    return DynUNet(
-        spatial_dims=3, in_channels=cfg.in_channels, out_channels=cfg.out_channels, kernel_size=kernels,
-        strides=strides, upsample_kernel_size=strides[1:], filters=list(m.channels), norm_name=norm,
-        dropout=m.dropout or None, deep_supervision=uses_deep_supervision(cfg),
-        deep_supr_num=max(1, min(2, len(m.channels) - 2)), res_block=True,
-    )
+    args = {
+        "spatial_dims": 3, "in_channels": cfg.in_channels, "out_channels": cfg.out_channels, "kernel_size": kernels,
+        "strides": strides, "upsample_kernel_size": strides[1:], "filters": list(m.channels), "norm_name": norm,
+        "dropout": m.dropout or None, "deep_supervision": uses_deep_supervision(cfg),
+        "deep_supr_num": max(1, min(2, len(m.channels) - 2)), "res_block": True,
+    }
+    return "DynUNet", args, False
+
+
+def build_network(name: str, args: dict[str, Any], slice_wise: bool = False) -> nn.Module:
+    """A MONAI network by class name (UNet, DynUNet, SegResNet, SwinUNETR) from keyword arguments (data only:
+    a package manifest or an imported bundle names these, nothing else is ever instantiated)."""
+    classes: dict[str, type[nn.Module]] = {"UNet": UNet, "DynUNet": DynUNet, "SegResNet": SegResNet,
+                                            "SwinUNETR": SwinUNETR}
+    if name not in classes:
+        raise CheckpointError(f"unknown architecture '{name}'", hint="one of " + ", ".join(classes))
+    try:
+        net = classes[name](**args)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise CheckpointError(f"cannot build {name} from its arguments: {str(err)[:200]}") from err
+    return SliceWise2D(net) if slice_wise else net
+
+
+def build_model(cfg: PipelineConfig) -> nn.Module:
+    """The configured network: ``in_channels`` inputs, ``out_channels`` logits (classes, or regions)."""
+    return build_network(*network_spec(cfg))

@@ -1,0 +1,1 @@
+"""Tests of medpipe.models: packages, ONNX, importers."""

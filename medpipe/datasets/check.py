@@ -98,11 +98,13 @@ def _label(case: Case, ref: Grid, allowed: set[int] | None, issues: list[Issue])
         issues.append(Issue("error", "grid", case.case_id, str(case.label),
                             f"label grid disagrees with the image: {describe_mismatch(_grid(info), ref)}"))
         return None
+    notes: list[str] = []
     try:
-        labels, _ = load_label(case.label, allowed)
+        labels, _ = load_label(case.label, allowed, notes)
     except InputError as err:
         issues.append(Issue("error", "labels", case.case_id, str(case.label), err.message))
         return None
+    issues += [Issue("warning", "labels", case.case_id, str(case.label), note) for note in notes]
     return labels
 
 
@@ -197,11 +199,15 @@ def run_checks(cases: list[Case], labels: dict[int, str] | None, n_channels: int
     return facts, issues
 
 
-def preflight(cases: list[Case], labels: dict[int, str], n_channels: int, root: Path | str) -> list[CaseFacts]:
-    """The check before training (headers, grids, label values; no image voxels): one DatasetError listing
-    every case that fails."""
-    facts, issues = run_checks(cases, labels, n_channels, read_images=False)
+def preflight(cases: list[Case], labels: dict[int, str], n_channels: int, root: Path | str,
+              warnings: list[Issue] | None = None) -> list[CaseFacts]:
+    """The check before training: headers, grids, label values and every image's voxels (NaN/Inf are refused,
+    naming the case and file). One DatasetError lists every case that fails; the warnings ``dataset check``
+    would give (empty labels, rounded label values, spacing/orientation outliers) are appended to ``warnings``."""
+    facts, issues = run_checks(cases, labels, n_channels, read_images=True)
     raise_for(issues, "found before training", root)
+    if warnings is not None:
+        warnings += [i for i in issues if i.severity == "warning"] + _outliers(facts, Path(root))
     return facts
 
 

@@ -57,3 +57,11 @@ class CheckpointError(MedpipeError):
 
 class OutputError(MedpipeError):
     """An output location that cannot be written."""
+
+
+class TrainingError(MedpipeError):
+    """A training run that cannot go on (non-finite loss, an unusable environment)."""
+
+
+class ResourceError(MedpipeError):
+    """Not enough memory, shared memory or disk for the work asked."""

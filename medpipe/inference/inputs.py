@@ -115,12 +115,12 @@ def load_case(case: InputCase, n_channels: int, dicom_options: DicomOptions | No
     """Read and validate one case."""
     if case.dicom_dir is not None:
         return _load_dicom(case, n_channels, dicom_options or DicomOptions())
-    arrays, grid = [], None
+    arrays, grid, transform = [], None, None
     for f in case.files:
         data, info = load_nifti(f, allow_4d=n_channels > 1 and len(case.files) == 1)
         g = Grid((info.shape[0], info.shape[1], info.shape[2]), info.affine)
         if grid is None:
-            grid = g
+            grid, transform = g, info.transform_record()
         else:
             require_same_grid(g, grid, f, what=f"channel grid (vs {case.files[0].name})")
         arrays += [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
@@ -128,8 +128,8 @@ def load_case(case: InputCase, n_channels: int, dicom_options: DicomOptions | No
         raise InputError("case has no image files", path=case.case_id)
     if len(arrays) != n_channels:
         raise InputError(f"{len(arrays)} channels, the model expects {n_channels}", path=case.files[0])
-    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)), {"format": "nifti"},
-                      case.files)
+    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)),
+                      {"format": "nifti", "spatial_transform": transform}, case.files)
 
 
 def ct_intensity_check(case: LoadedCase, *, strict: bool = True) -> dict[str, Any]:

@@ -23,6 +23,8 @@ MAX_VOXELS = 2048 * 2048 * 2048
 #: A .nii.gz whose header declares more than this many times its compressed size is decompressed once as a
 #: stream (nothing kept) to check that the data is really there before anything is allocated (gzip bombs).
 GZIP_VERIFY_RATIO = 50
+#: qform and sform (both valid) may differ by this much (mm, any affine entry) before it is reported.
+QFORM_SFORM_TOL_MM = 1e-3
 #: Label values within this distance of an integer are rounded (and the rounding reported); beyond, refused.
 LABEL_ROUNDING_TOL = 1e-3
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -52,6 +54,14 @@ class NiftiInfo:
     affine: np.ndarray
     dtype: str
     orientation: str
+    #: Which header transform gives ``affine``: "sform" (when its code is set: nibabel's rule) or "qform".
+    transform: str = "sform"
+    #: Set when both qform and sform are valid and disagree by more than :data:`QFORM_SFORM_TOL_MM`.
+    transform_note: str = ""
+
+    def transform_record(self) -> dict[str, object]:
+        """For provenance records: which transform was used, and how far the other one disagrees."""
+        return {"used": self.transform, **({"warning": self.transform_note} if self.transform_note else {})}
 
     @property
     def n_channels(self) -> int:
@@ -137,7 +147,12 @@ def inspect_nifti(path: str | Path, *, allow_4d: bool = False) -> NiftiInfo:
             hint="resample the image onto an orthogonal grid first",
         )
     orientation = "".join(nib.aff2axcodes(affine))
-    return NiftiInfo(path, shape, spacing, affine, str(hdr.get_data_dtype()), orientation)
+    transform, note = ("sform" if scode > 0 else "qform"), ""
+    if qcode > 0 and scode > 0:
+        gap = float(np.max(np.abs(np.asarray(hdr.get_qform(), dtype=float) - affine)))
+        if gap > QFORM_SFORM_TOL_MM:
+            note = f"qform and sform disagree by up to {gap:.3g} mm; the sform is used (nibabel's rule)"
+    return NiftiInfo(path, shape, spacing, affine, str(hdr.get_data_dtype()), orientation, transform, note)
 
 
 def _check_declared_size(path: Path, shape: tuple[int, ...], hdr: Any) -> None:

@@ -61,16 +61,29 @@ _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memor
                 "not enough memory")
 
 
+def _allocation_failure(err: BaseException) -> BaseException | None:
+    """The failed allocation behind ``err``, following the ``raise ... from`` chain (MONAI wraps errors of its
+    transforms in ``RuntimeError("applying transform ...")``)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or (
+                isinstance(current, RuntimeError) and any(m in str(current).lower() for m in _OOM_MARKERS)):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def is_out_of_memory(err: BaseException) -> bool:
-    """True for a MemoryError, or a RuntimeError from torch/MONAI that reports a failed allocation (CPU or
-    CUDA: ``torch.cuda.OutOfMemoryError`` is a RuntimeError saying "out of memory")."""
-    if isinstance(err, MemoryError):
-        return True
-    return isinstance(err, RuntimeError) and any(m in str(err).lower() for m in _OOM_MARKERS)
+    """True for a MemoryError, or a RuntimeError from torch/MONAI that reports (or wraps) a failed allocation
+    (CPU or CUDA: ``torch.cuda.OutOfMemoryError`` is a RuntimeError saying "out of memory")."""
+    return _allocation_failure(err) is not None
 
 
 def out_of_memory_message(err: BaseException, stage: str) -> str:
     """One line for a failed allocation: the stage, what the library tried to allocate, what is available."""
+    err = _allocation_failure(err) or err
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     detail = first.split(":")[-1].strip() if "DefaultCPUAllocator" in first else first
     free = available_bytes()

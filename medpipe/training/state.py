@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from medpipe.config import PipelineConfig
+from medpipe.datasets import data_identity
 from medpipe.errors import CheckpointError
 from medpipe.models.checkpoint import check_load_environment, load_checkpoint
 
@@ -119,8 +120,6 @@ def rotate_in(run_dir: Path, staged: Path) -> None:
 
 def case_identities(cases: list[Any]) -> dict[str, str]:
     """Per case: the identity of its files (ids, names, contents), to say what changed when a resume is refused."""
-    from medpipe.datasets import data_identity
-
     return {c.case_id: data_identity([c]) for c in cases}
 
 

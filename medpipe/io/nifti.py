@@ -124,6 +124,11 @@ def inspect_nifti(path: str | Path, *, allow_4d: bool = False) -> NiftiInfo:
     if any(s < 1 for s in shape) or int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
         raise InputError(f"implausible size {shape} (more than {MAX_VOXELS} voxels)", path=path)
     hdr = img.header
+    kind = hdr.get_data_dtype().kind
+    if kind in "cV" or hdr.get_data_dtype().names:
+        what = "complex" if kind == "c" else "RGB / structured"
+        raise InputError(f"{what} voxels ({hdr.get_data_dtype()}), expected real-valued intensities", path=path,
+                         hint="convert it to a real-valued (e.g. magnitude or grey-scale) image first")
     _check_declared_size(path, shape, hdr)
     pixdim = _raw_pixdim(path, type(hdr))
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):

@@ -100,3 +100,19 @@ def test_dataset_check_reports_the_rounding_as_a_warning(tmp_path):
     assert not report.errors
     (w,) = [i for i in report.warnings if i.check == "labels"]
     assert w.case_id == "case_00001" and "rounded" in w.message
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])])
+def test_complex_and_rgb_voxels_are_refused_by_name(tmp_path, dtype):
+    path = tmp_path / "odd.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), dtype), make_affine()), str(path))
+    with pytest.raises(InputError, match=r"odd.nii.gz: (complex|RGB / structured) voxels"):
+        load_nifti(path)
+
+
+def test_big_endian_and_int64_images_read_correctly(tmp_path):
+    data = np.arange(4 * 4 * 4, dtype=">i2").reshape(4, 4, 4)
+    path = tmp_path / "be.nii.gz"
+    nib.save(nib.Nifti1Image(data, make_affine()), str(path))
+    loaded, _ = load_nifti(path)
+    np.testing.assert_array_equal(loaded, data.astype(np.float32))

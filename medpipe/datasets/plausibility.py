@@ -3,8 +3,10 @@ for another image, puts the label over tissue of another intensity. For every la
 intensity under it is compared across cases; a case far from the others is a warning that names the case, the
 label and the numbers, with a tri-planar overlay PNG to look at.
 
-Rule: with ``m_c`` the median intensity of channel 0 under the label in case ``c``, ``M`` the median of the
-``m_c`` and ``s`` the median within-case standard deviation under the label, case ``c`` is an outlier when
+Intensities are first normalised per case (minus the median, over the standard deviation, of the case's non-zero
+voxels), so that MR cases with different global scales compare. Rule: with ``m_c`` the normalised median of
+channel 0 under the label in case ``c``, ``M`` the median of the ``m_c`` and ``s`` the median within-case
+standard deviation under the label, case ``c`` is an outlier when
 ``|m_c - M| > OUTLIER_SPREADS * max(1.4826 * MAD(m), s / 2)``. At least :data:`MIN_CASES` cases are needed.
 """
 
@@ -26,21 +28,26 @@ OUTLIER_SPREADS = 3.0
 
 @dataclass(frozen=True)
 class LabelIntensity:
-    """Intensity of channel 0 under one label of one case: median and standard deviation, voxel count."""
+    """Intensity of channel 0 under one label of one case: median and standard deviation (case-normalised),
+    the raw median (image units, e.g. HU), voxel count."""
 
     median: float
     std: float
     n_voxels: int
+    raw_median: float
 
 
 def label_intensities(labels: np.ndarray, image: np.ndarray) -> dict[int, LabelIntensity]:
     """Per foreground label value: the intensity statistics of ``image`` (I, J, K) under it."""
     out: dict[int, LabelIntensity] = {}
+    body = image[image != 0] if np.any(image != 0) else image.reshape(-1)
+    centre, scale = float(np.median(body)), max(float(body.std()), 1e-6)
     for value in np.unique(labels):
         if value == 0:
             continue
         under = image[labels == value]
-        out[int(value)] = LabelIntensity(float(np.median(under)), float(under.std()), int(under.size))
+        med = float(np.median(under))
+        out[int(value)] = LabelIntensity((med - centre) / scale, float(under.std()) / scale, int(under.size), med)
     return out
 
 
@@ -56,6 +63,7 @@ def plausibility_issues(stats: dict[str, dict[int, LabelIntensity]], cases: dict
             continue
         medians = np.array([s.median for s in have.values()])
         centre = float(np.median(medians))
+        raw_centre = float(np.median([s.raw_median for s in have.values()]))
         mad = float(np.median(np.abs(medians - centre)))
         scale = max(1.4826 * mad, 0.5 * float(np.median([s.std for s in have.values()])), 1e-6)
         for cid, s in have.items():
@@ -69,8 +77,9 @@ def plausibility_issues(stats: dict[str, dict[int, LabelIntensity]], cases: dict
                 where = f"; overlay: {png}"
             issues.append(Issue(
                 "warning", "plausibility", cid, str(case.label),
-                f"median intensity under label {value} is {s.median:.3g}, the dataset's is {centre:.3g} "
-                f"(spread {scale:.3g}): is the label flipped or from another image?{where}"))
+                f"median intensity under label {value} is {s.raw_median:.3g}, the dataset's is {raw_centre:.3g} "
+                f"({abs(s.median - centre) / scale:.1f} spreads away after per-case normalisation): is the label "
+                f"flipped or from another image?{where}"))
     return issues
 
 

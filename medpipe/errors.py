@@ -61,3 +61,11 @@ class OutputError(MedpipeError):
 
 class RemoteError(MedpipeError):
     """A remote service (a DICOMweb server) that cannot be reached, refuses a request or answers unexpectedly."""
+
+
+class TrainingError(MedpipeError):
+    """A training run that cannot go on (non-finite loss, an unusable environment)."""
+
+
+class ResourceError(MedpipeError):
+    """Not enough memory, shared memory or disk for the work asked."""

@@ -7,12 +7,14 @@ cases, ``RUN_DIR/report`` the evaluation (metrics.csv, summary.json, report.html
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medpipe.config import PipelineConfig
+from medpipe.errors import OutputError
 from medpipe.inference.batch import CaseResult, InferResult, infer
 from medpipe.training.run import TrainEvent, TrainResult, train
 
@@ -25,17 +27,56 @@ class PipelineResult:
     run_dir: Path
 
 
+#: The sub-folders ``medpipe run`` creates (and the only ones ``--force`` removes).
+PIPELINE_PARTS = ("model", "inputs", "predictions", "references", "report")
+
+
+class AlreadyFinished(OutputError):
+    """``medpipe run`` into a folder whose job is complete: nothing to redo (``report`` holds the report)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.report = run_dir / "report" / "report.html"
+        super().__init__(f"this job has already finished: the report is {self.report}", path=run_dir,
+                         hint="nothing to redo; pass --force to start over")
+
+
+def check_run_folder(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """Decide at once, before any work, what a run into ``run_dir`` means: a new job (empty folder), nothing to
+    do (:class:`AlreadyFinished`), a resume (``--resume``), or a fresh start (``--force`` removes the parts a
+    previous job wrote). An unfinished job without ``--resume`` is refused, naming what it holds."""
+    run_dir = Path(run_dir)
+    if force:
+        for part in PIPELINE_PARTS:
+            target = run_dir / part
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            elif target.is_dir():
+                shutil.rmtree(target)
+        return
+    if (run_dir / "report" / "summary.json").is_file():
+        raise AlreadyFinished(run_dir)
+    started = [p for p in PIPELINE_PARTS if (run_dir / p).exists()]
+    if started and not resume:
+        from medpipe.training.state import resumable
+
+        what = "an unfinished training run" if resumable(run_dir / "model") else "parts of a job: " + ", ".join(started)
+        raise OutputError(f"folder holds {what}", path=run_dir,
+                          hint="--resume to continue it, --force to start over, or choose a new --out")
+
+
 def run_pipeline(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None = None, epochs: int | None = None,
-                 device: str = "auto", resume: bool = False,
+                 device: str = "auto", resume: bool = False, force: bool = False,
                  on_train: Callable[[TrainEvent], None] | None = None,
                  on_case: Callable[[CaseResult, int, int], None] | None = None) -> PipelineResult:
-    """Train -> infer the validation split -> evaluate against its labels."""
+    """Train -> infer the validation split -> evaluate against its labels. A folder that already holds a finished
+    job raises :class:`AlreadyFinished` before any work (see :func:`check_run_folder`)."""
     from medpipe.datasets import load_dataset
     from medpipe.evaluation.evaluate import evaluate
 
+    check_run_folder(run_dir, resume=resume, force=force)
     model_dir = run_dir / "model"
-    trained = train(cfg, model_dir, data_root=data_root, epochs=epochs, device=device, resume=resume,
-                    on_event=on_train)
+    trained = train(cfg, model_dir, data_root=data_root, epochs=epochs, device=device,
+                    resume=resume and (model_dir / "last.pt").is_file(), on_event=on_train)
     split = json.loads((model_dir / "split.json").read_text())
     root = data_root if data_root is not None else Path(cfg.data.root)
     cases = {c.case_id: c for c in load_dataset(root, cfg.data.format).cases}

@@ -25,6 +25,14 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def device_reason(requested: str, device: str) -> str:
+    """One line saying which device runs and why (``--device auto`` without a GPU, an explicit choice...)."""
+    if requested == "auto":
+        why = "a CUDA device is visible" if device.startswith("cuda") else "no CUDA device is visible"
+        return f"running on {device}: --device auto and {why}"
+    return f"running on {device}: requested with --device {requested}"
+
+
 def versions() -> dict[str, str]:
     """Versions of the libraries that determine results (for provenance sidecars)."""
     import monai

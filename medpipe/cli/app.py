@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medpipe.errors import MedpipeError
 
@@ -47,7 +48,8 @@ def handled() -> Iterator[None]:
     except MedpipeError as err:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False, soft_wrap=True)
+        # escaped: messages hold bracketed text ("[3-2]", "[Errno 28]") that rich would take for markup
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

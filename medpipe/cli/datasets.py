@@ -22,6 +22,10 @@ def dataset_check(
     labels_from: Annotated[Path | None, typer.Option("--labels-from", help="Pipeline YAML whose labels and "
                                                      "channels to check against.")] = None,
     fingerprint: Annotated[Path | None, typer.Option("--out", "-o", help="Write the fingerprint JSON here.")] = None,
+    allow_duplicates: Annotated[bool, typer.Option("--allow-duplicates", help="Identical images are warnings, not "
+                                                   "errors (recorded in the fingerprint's overrides).")] = False,
+    qc_dir: Annotated[Path | None, typer.Option("--qc-dir", help="Write overlay PNGs of implausible labels here "
+                                                "(default: <fingerprint>-qc/ beside --out).")] = None,
 ) -> None:
     """Integrity report before training (missing files, channels, grids, label values, NaN/Inf, outliers,
     duplicates) and the dataset fingerprint. Exit code 1 when there are errors."""
@@ -30,7 +34,10 @@ def dataset_check(
 
     with handled():
         cfg = load_cli_config(labels_from) if labels_from else None
-        report = check_dataset(root, fmt, labels=cfg.labels if cfg else None, channels=cfg.channels if cfg else None)
+        if qc_dir is None and fingerprint is not None:
+            qc_dir = fingerprint.with_name(fingerprint.name.split(".")[0] + "-qc")
+        report = check_dataset(root, fmt, labels=cfg.labels if cfg else None, channels=cfg.channels if cfg else None,
+                               allow_duplicates=allow_duplicates, qc_dir=qc_dir)
         if fingerprint is not None:
             save_fingerprint(report, fingerprint)
     out.print(render_check(report))

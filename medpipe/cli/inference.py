@@ -51,6 +51,8 @@ def infer(
                                overwrite=overwrite, dicom_options=DicomOptions(series, allow_tilt, allow_uneven),
                                allow_non_hu=allow_non_hu, formats=formats, seg_type=seg_type, push=target,
                                engine=engine, on_case=on_case)
+        for note in result.notices:
+            err_console.print(note, markup=False, highlight=False)
         render_infer(out, result)
         if len(result.cases) == 1 and result.n_failed:
             raise MedpipeError(result.cases[0].error or "failed")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from medpipe.cli.app import app, err_console, handled, out
 from medpipe.cli.options import Device, load_cli_config
@@ -50,17 +51,27 @@ def run(
     data: Annotated[Path | None, typer.Option("--data", help="Dataset folder (overrides data.root).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Overrides training.epochs.")] = None,
     device: Device = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training run.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted job.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over: remove what an earlier job wrote into "
+                                        "--out (model/, inputs/, predictions/, references/, report/).")] = False,
 ) -> None:
-    """The whole job: train, segment the held-out cases on their original grids, and score them."""
+    """The whole job: train, segment the held-out cases on their original grids, and score them.
+
+    Run again into the same folder: a finished job is recognised at once (its report is shown), an unfinished
+    one is continued with --resume, --force starts over."""
     from medpipe.cli.render import TrainProgress, render_infer, render_table
-    from medpipe.pipeline import run_pipeline
+    from medpipe.pipeline import AlreadyFinished, run_pipeline
 
     with handled():
         cfg = load_cli_config(config)
-        with TrainProgress(err_console) as progress:
-            result = run_pipeline(cfg, out_dir, data_root=data, epochs=epochs, device=device, resume=resume,
-                                  on_train=progress.update, on_case=progress.on_case)
+        try:
+            with TrainProgress(err_console) as progress:
+                result = run_pipeline(cfg, out_dir, data_root=data, epochs=epochs, device=device, resume=resume,
+                                      force=force, on_train=progress.update, on_case=progress.on_case)
+        except AlreadyFinished as done:
+            out.print(f"[green]already done[/]: report in {escape(str(done.report))} (nothing to redo; --force "
+                      "starts over)", soft_wrap=True)
+            return
         render_infer(out, result.infer)
         out.print(render_table(result.evaluation))
     out.print(f"[green]done[/]: model in {out_dir / 'model'}, masks in {out_dir / 'predictions'}, "

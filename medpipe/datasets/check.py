@@ -21,6 +21,7 @@ import numpy as np
 
 from medpipe.datasets.fingerprint import CaseFacts, Fingerprint, build_fingerprint
 from medpipe.datasets.layouts import Case, Dataset, Issue, discover, raise_for
+from medpipe.datasets.plausibility import LabelIntensity, label_intensities, plausibility_issues
 from medpipe.errors import InputError
 from medpipe.io.atomic import write_json_atomic
 from medpipe.io.geometry import Grid, describe_mismatch, grids_match
@@ -42,6 +43,7 @@ class CheckReport:
     issues: list[Issue]
     facts: list[CaseFacts]
     fingerprint: Fingerprint
+    overrides: tuple[str, ...] = ()
 
     @property
     def errors(self) -> list[Issue]:
@@ -97,17 +99,21 @@ def _label(case: Case, ref: Grid, allowed: set[int] | None, issues: list[Issue])
         issues.append(Issue("error", "grid", case.case_id, str(case.label),
                             f"label grid disagrees with the image: {describe_mismatch(_grid(info), ref)}"))
         return None
+    notes: list[str] = []
     try:
-        labels, _ = load_label(case.label, allowed)
+        labels, _ = load_label(case.label, allowed, notes)
     except InputError as err:
         issues.append(Issue("error", "labels", case.case_id, str(case.label), err.message))
         return None
+    issues += [Issue("warning", "labels", case.case_id, str(case.label), note) for note in notes]
     return labels
 
 
 def inspect_case(case: Case, allowed: set[int] | None, n_channels: int, *, read_images: bool,
-                 seed: int = 0) -> tuple[CaseFacts | None, list[Issue]]:
-    """Check one case (headers, grids, labels; with ``read_images`` also voxels) and describe it."""
+                 seed: int = 0, label_stats: dict[str, dict[int, LabelIntensity]] | None = None,
+                 ) -> tuple[CaseFacts | None, list[Issue]]:
+    """Check one case (headers, grids, labels; with ``read_images`` also voxels) and describe it. With
+    ``label_stats``, the intensity under each label is stored there under the case id (plausibility check)."""
     issues: list[Issue] = []
     head = _headers(case, n_channels, issues)
     if head is None:
@@ -134,6 +140,8 @@ def inspect_case(case: Case, allowed: set[int] | None, n_channels: int, *, read_
     for ch in channels:
         digest.update(np.ascontiguousarray(ch).tobytes())
     facts.image_sha256 = digest.hexdigest()
+    if label_stats is not None and labels is not None:
+        label_stats[case.case_id] = label_intensities(labels, channels[0])
     mask = labels > 0 if labels is not None and labels.any() else channels[0] != 0
     idx = np.flatnonzero(mask)
     if idx.size:
@@ -163,30 +171,34 @@ def _outliers(facts: list[CaseFacts], root: Path) -> list[Issue]:
     return out
 
 
-def _duplicates(facts: list[CaseFacts], cases: dict[str, Case]) -> list[Issue]:
+def _duplicates(facts: list[CaseFacts], cases: dict[str, Case], allowed: bool = False) -> list[Issue]:
     first: dict[str, str] = {}
     out = []
     for f in facts:
         if not f.image_sha256:
             continue
         if f.image_sha256 in first:
-            out.append(Issue("error", "duplicate", f.case_id, str(cases[f.case_id].images[0]),
-                             f"same image voxels as case {first[f.image_sha256]} (train/validation leakage)"))
+            out.append(Issue("warning" if allowed else "error", "duplicate", f.case_id,
+                             str(cases[f.case_id].images[0]),
+                             f"same image voxels as case {first[f.image_sha256]} (train/validation leakage"
+                             + ("; allowed with --allow-duplicates)" if allowed else
+                                ", or pass --allow-duplicates if the copies are intended)")))
         else:
             first[f.image_sha256] = f.case_id
     return out
 
 
 def run_checks(cases: list[Case], labels: dict[int, str] | None, n_channels: int, *, read_images: bool,
-               workers: int | None = None,
-               on_case: Callable[[str, int, int], None] | None = None) -> tuple[list[CaseFacts], list[Issue]]:
+               workers: int | None = None, on_case: Callable[[str, int, int], None] | None = None,
+               label_stats: dict[str, dict[int, LabelIntensity]] | None = None,
+               ) -> tuple[list[CaseFacts], list[Issue]]:
     """Check ``cases`` in a thread pool (file reading and decompression release the GIL)."""
     allowed = set(labels) if labels is not None else None
     n = workers or min(8, os.cpu_count() or 1)
     results: list[tuple[CaseFacts | None, list[Issue]]] = []
     with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
-        futures = [pool.submit(inspect_case, c, allowed, n_channels, read_images=read_images, seed=i)
-                   for i, c in enumerate(cases)]
+        futures = [pool.submit(inspect_case, c, allowed, n_channels, read_images=read_images, seed=i,
+                               label_stats=label_stats) for i, c in enumerate(cases)]
         for i, fut in enumerate(futures):
             results.append(fut.result())
             if on_case:
@@ -196,30 +208,40 @@ def run_checks(cases: list[Case], labels: dict[int, str] | None, n_channels: int
     return facts, issues
 
 
-def preflight(cases: list[Case], labels: dict[int, str], n_channels: int, root: Path | str) -> list[CaseFacts]:
-    """The check before training (headers, grids, label values; no image voxels): one DatasetError listing
-    every case that fails."""
-    facts, issues = run_checks(cases, labels, n_channels, read_images=False)
+def preflight(cases: list[Case], labels: dict[int, str], n_channels: int, root: Path | str,
+              warnings: list[Issue] | None = None) -> list[CaseFacts]:
+    """The check before training: headers, grids, label values and every image's voxels (NaN/Inf are refused,
+    naming the case and file). One DatasetError lists every case that fails; the warnings ``dataset check``
+    would give (empty labels, rounded label values, spacing/orientation outliers) are appended to ``warnings``."""
+    facts, issues = run_checks(cases, labels, n_channels, read_images=True)
     raise_for(issues, "found before training", root)
+    if warnings is not None:
+        warnings += [i for i in issues if i.severity == "warning"] + _outliers(facts, Path(root))
     return facts
 
 
 def check_dataset(root: str | Path, fmt: str = "auto", *, labels: dict[int, str] | None = None,
                   channels: tuple[str, ...] | None = None, read_images: bool = True, workers: int | None = None,
-                  on_case: Callable[[str, int, int], None] | None = None) -> CheckReport:
+                  on_case: Callable[[str, int, int], None] | None = None, allow_duplicates: bool = False,
+                  qc_dir: Path | None = None) -> CheckReport:
     """Integrity report and fingerprint of a dataset. ``labels``/``channels`` (e.g. from a pipeline config)
-    override what the layout declares."""
+    override what the layout declares. ``allow_duplicates``: identical images are warnings, not errors (the
+    override is recorded in the report). ``qc_dir``: where overlay PNGs of implausible labels go."""
     ds = discover(root, fmt)
     label_map = labels if labels is not None else ds.labels
     names = channels if channels is not None else ds.channel_names
+    stats: dict[str, dict[int, LabelIntensity]] = {}
     facts, issues = run_checks(list(ds.cases), label_map, len(names), read_images=read_images, workers=workers,
-                               on_case=on_case)
-    issues = [*ds.issues, *issues, *_outliers(facts, ds.root), *_duplicates(facts, {c.case_id: c for c in ds.cases})]
+                               on_case=on_case, label_stats=stats)
+    by_id = {c.case_id: c for c in ds.cases}
+    issues = [*ds.issues, *issues, *_outliers(facts, ds.root), *_duplicates(facts, by_id, allow_duplicates),
+              *plausibility_issues(stats, by_id, qc_dir)]
     fingerprint = build_fingerprint(ds, facts, label_map, names, issues)
-    return CheckReport(ds, issues, facts, fingerprint)
+    return CheckReport(ds, issues, facts, fingerprint, ("allow_duplicates",) if allow_duplicates else ())
 
 
 def save_fingerprint(report: CheckReport, path: str | Path) -> Path:
     """Write the fingerprint (with the issues) as JSON, atomically."""
-    write_json_atomic(path, {**report.fingerprint.to_json(), "issues": [i.to_json() for i in report.issues]})
+    write_json_atomic(path, {**report.fingerprint.to_json(), "issues": [i.to_json() for i in report.issues],
+                             "overrides": list(report.overrides)})
     return Path(path)

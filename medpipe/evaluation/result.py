@@ -124,6 +124,8 @@ class EvaluationSettings:
     image: str | None = None
     cases_without_image: tuple[str, ...] = ()
     seconds: float = 0.0
+    grid_differences_mm: dict[str, float] = field(default_factory=dict)
+    grid_tolerance_fraction: float = 0.01
 
     def to_json(self) -> dict[str, Any]:
         return {"preset": self.preset, "preset_description": self.preset_description, "surface": self.surface,
@@ -131,7 +133,10 @@ class EvaluationSettings:
                 "empty_policy": self.empty_policy.to_json(), "empty_policy_text": self.empty_policy.describe(),
                 "lesion_rule": None if self.lesion_rule is None else asdict(self.lesion_rule),
                 "pred": self.pred, "ref": self.ref, "image": self.image,
-                "cases_without_image": list(self.cases_without_image), "seconds": self.seconds}
+                "cases_without_image": list(self.cases_without_image),
+                "grid_differences_mm": dict(self.grid_differences_mm),
+                "grid_tolerance": f"{self.grid_tolerance_fraction:.0%} of the smallest voxel spacing",
+                "grid_tolerance_fraction": self.grid_tolerance_fraction, "seconds": self.seconds}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> EvaluationSettings:
@@ -140,7 +145,9 @@ class EvaluationSettings:
                    {int(k): float(v) for k, v in d["nsd_tolerance_mm"].items()},
                    EmptyPolicy.from_json(d["empty_policy"]),
                    LesionRule.from_json(rule) if isinstance(rule, dict) else None, str(d["pred"]), str(d["ref"]),
-                   d.get("image"), tuple(d.get("cases_without_image", ())), float(d.get("seconds", 0.0)))
+                   d.get("image"), tuple(d.get("cases_without_image", ())), float(d.get("seconds", 0.0)),
+                   {str(k): float(v) for k, v in d.get("grid_differences_mm", {}).items()},
+                   float(d.get("grid_tolerance_fraction", 0.01)))
 
 
 @dataclass(frozen=True)

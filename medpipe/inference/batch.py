@@ -30,7 +30,12 @@ from medpipe.io.atomic import ensure_writable_dir, write_json_atomic
 from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.dicom.seg import DicomOutput
 from medpipe.io.intensity import HuCheck
-from medpipe.runtime import versions
+from medpipe.io.memory import is_out_of_memory, out_of_memory_message
+from medpipe.runtime import device_reason, versions
+
+#: What to try when a case does not fit in memory (R2).
+OOM_HINT = ("try --sw-batch-size 1, --device cpu on a GPU machine, a machine with more memory, or check the "
+            "input's size and spacing with `medpipe info`")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class CaseResult:
 @dataclass(frozen=True)
 class InferResult:
     cases: list[CaseResult] = field(default_factory=list)
+    #: Lines for the user (which device runs and why).
+    notices: tuple[str, ...] = ()
 
     @property
     def n_failed(self) -> int:
@@ -86,7 +93,7 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
         results.append(res)
         if on_case:
             on_case(res, i + 1, len(cases))
-    return InferResult(results)
+    return InferResult(results, (device_reason(device, seg.device),))
 
 
 def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool = False,
@@ -100,6 +107,23 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
     seen = reserved if reserved is not None else set()
     t0 = time.perf_counter()
     shown = case.case_id or "DICOM series"
+    stage = ["reading the input"]
+    try:
+        return _run_case(seg, case, out_dir, overwrite, dicom_options, allow_non_hu, seen, stage, t0, formats,
+                         seg_type)
+    except (MemoryError, RuntimeError) as err:  # out of memory: this case fails, the batch goes on
+        if not is_out_of_memory(err):
+            raise
+        where = case.files[0] if case.files else case.dicom_dir
+        return CaseResult(shown, "failed", error=f"{where}: {out_of_memory_message(err, stage[0])} ({OOM_HINT})",
+                          seconds=time.perf_counter() - t0)
+
+
+def _run_case(seg: Predictor, case: InputCase, out_dir: Path, overwrite: bool, dicom_options: DicomOptions | None,
+              allow_non_hu: bool, seen: set[str], stage: list[str], t0: float, formats: tuple[str, ...],
+              seg_type: str) -> CaseResult:
+    """The work of :func:`run_case`; ``stage[0]`` says what it is doing (for out-of-memory messages)."""
+    shown = case.case_id or "DICOM series"
     try:
         loaded = load_case(case, seg.cfg.in_channels, dicom_options)
         if loaded.case_id in seen:
@@ -112,7 +136,9 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
         dicom_outputs.check_case(loaded, formats)
         hu = (ct_intensity_check(loaded, strict=not allow_non_hu)
               if seg.cfg.transforms.intensity == "ct_window" else None)
+        stage[0] = f"segmenting ({' x '.join(str(n) for n in loaded.array.shape[1:])} voxels)"
         labels, details = seg.segment(loaded)
+        stage[0] = "writing the mask"
         mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", labels, loaded.grid)
         written = dicom_outputs.write_dicom_outputs(loaded, labels, out_dir, formats, cfg=seg.cfg,
                                                     model_sha256=seg.model_sha256, seg_type=seg_type)

@@ -32,11 +32,31 @@ class InputCase:
 
 
 @dataclass(frozen=True)
+class SpatialTransform:
+    """Which NIfTI transform placed the image (``sform`` or ``qform``) and, when the two disagree, by how much
+    (BAD-INPUTS N1)."""
+
+    used: str
+    warning: str | None = None
+
+    @classmethod
+    def of(cls, record: dict[str, object] | None) -> SpatialTransform | None:
+        if not record:
+            return None
+        warning = record.get("warning")
+        return cls(str(record.get("used")), str(warning) if warning else None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"used": self.used, **({"warning": self.warning} if self.warning else {})}
+
+
+@dataclass(frozen=True)
 class InputProvenance:
     """How a case was read: from NIfTI files, or from a DICOM series (with its full :class:`DicomProvenance`)."""
 
     kind: str = "nifti"
     dicom: DicomProvenance | None = None
+    spatial_transform: SpatialTransform | None = None
 
     @property
     def modality(self) -> str | None:
@@ -45,7 +65,8 @@ class InputProvenance:
 
     def to_json(self) -> dict[str, Any]:
         if self.dicom is None:
-            return {"format": self.kind}
+            st = {"spatial_transform": self.spatial_transform.to_json()} if self.spatial_transform else {}
+            return {"format": self.kind, **st}
         body = {k: v for k, v in self.dicom.to_json().items() if k != "format"}
         return {"format": "dicom", "series_uid": self.dicom.source.series_uid, **body,
                 "provenance_format": self.dicom.format}
@@ -53,7 +74,8 @@ class InputProvenance:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> InputProvenance:
         if d.get("format") != "dicom":
-            return cls(str(d.get("format", "nifti")))
+            st = d.get("spatial_transform")
+            return cls(str(d.get("format", "nifti")), None, SpatialTransform.of(st if isinstance(st, dict) else None))
         body = {k: v for k, v in d.items() if k not in ("format", "series_uid", "provenance_format")}
         return cls("dicom", DicomProvenance.from_json({**body, "format": d.get("provenance_format")}))
 
@@ -145,12 +167,12 @@ def load_case(case: InputCase, n_channels: int, dicom_options: DicomOptions | No
     """Read and validate one case."""
     if case.dicom_dir is not None:
         return _load_dicom(case, n_channels, dicom_options or DicomOptions())
-    arrays, grid = [], None
+    arrays, grid, transform = [], None, None
     for f in case.files:
         data, info = load_nifti(f, allow_4d=n_channels > 1 and len(case.files) == 1)
         g = Grid((info.shape[0], info.shape[1], info.shape[2]), info.affine)
         if grid is None:
-            grid = g
+            grid, transform = g, info.transform_record()
         else:
             require_same_grid(g, grid, f, what=f"channel grid (vs {case.files[0].name})")
         arrays += [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
@@ -158,8 +180,8 @@ def load_case(case: InputCase, n_channels: int, dicom_options: DicomOptions | No
         raise InputError("case has no image files", path=case.case_id)
     if len(arrays) != n_channels:
         raise InputError(f"{len(arrays)} channels, the model expects {n_channels}", path=case.files[0])
-    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)), InputProvenance(),
-                      case.files)
+    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)),
+                      InputProvenance(spatial_transform=SpatialTransform.of(transform)), case.files)
 
 
 def ct_intensity_check(case: LoadedCase, *, strict: bool = True) -> HuCheck:

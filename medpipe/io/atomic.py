@@ -43,7 +43,8 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-        raise OutputError(f"could not write output: {reason}", path=dest) from err
+        code = f"errno {err.errno} {errno.errorcode.get(err.errno, '')}: ".replace(" :", ":") if err.errno else ""
+        raise OutputError(f"could not write output: {code}{reason}", path=dest) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

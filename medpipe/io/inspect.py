@@ -118,7 +118,8 @@ def _nifti_info(path: Path) -> InfoResult:
         return InfoResult(path, "nifti", (vol,))
     size = (meta.shape[0], meta.shape[1], meta.shape[2])
     spacing = (meta.spacing_mm[0], meta.spacing_mm[1], meta.spacing_mm[2])
-    notes = (f"{meta.n_channels} channels",) if meta.n_channels > 1 else ()
+    notes = ((f"{meta.n_channels} channels",) if meta.n_channels > 1 else ()) + (
+        (meta.transform_note,) if meta.transform_note else (f"spatial transform: {meta.transform}",))
     vol = VolumeInfo("1", "", "", size, spacing, meta.orientation, "", size[2], f"NIfTI {meta.dtype}", notes=notes)
     return InfoResult(path, "nifti", (vol,))
 

@@ -16,9 +16,17 @@ import nibabel as nib
 import numpy as np
 
 from medpipe.errors import InputError
+from medpipe.io.memory import available_bytes, gib
 
 #: A volume larger than this many voxels is refused before allocation (lying headers, gzip bombs).
 MAX_VOXELS = 2048 * 2048 * 2048
+#: A .nii.gz whose header declares more than this many times its compressed size is decompressed once as a
+#: stream (nothing kept) to check that the data is really there before anything is allocated (gzip bombs).
+GZIP_VERIFY_RATIO = 50
+#: qform and sform (both valid) may differ by this much (mm, any affine entry) before it is reported.
+QFORM_SFORM_TOL_MM = 1e-3
+#: Label values within this distance of an integer are rounded (and the rounding reported); beyond, refused.
+LABEL_ROUNDING_TOL = 1e-3
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -46,6 +54,14 @@ class NiftiInfo:
     affine: np.ndarray
     dtype: str
     orientation: str
+    #: Which header transform gives ``affine``: "sform" (when its code is set: nibabel's rule) or "qform".
+    transform: str = "sform"
+    #: Set when both qform and sform are valid and disagree by more than :data:`QFORM_SFORM_TOL_MM`.
+    transform_note: str = ""
+
+    def transform_record(self) -> dict[str, object]:
+        """For provenance records: which transform was used, and how far the other one disagrees."""
+        return {"used": self.transform, **({"warning": self.transform_note} if self.transform_note else {})}
 
     @property
     def n_channels(self) -> int:
@@ -108,11 +124,12 @@ def inspect_nifti(path: str | Path, *, allow_4d: bool = False) -> NiftiInfo:
     if any(s < 1 for s in shape) or int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
         raise InputError(f"implausible size {shape} (more than {MAX_VOXELS} voxels)", path=path)
     hdr = img.header
-    if not path.name.endswith(".gz"):
-        expected = int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
-        actual = path.stat().st_size
-        if actual < expected:
-            raise InputError(f"truncated file: {actual} bytes, header declares {expected}", path=path)
+    kind = hdr.get_data_dtype().kind
+    if kind in "cV" or hdr.get_data_dtype().names:
+        what = "complex" if kind == "c" else "RGB / structured"
+        raise InputError(f"{what} voxels ({hdr.get_data_dtype()}), expected real-valued intensities", path=path,
+                         hint="convert it to a real-valued (e.g. magnitude or grey-scale) image first")
+    _check_declared_size(path, shape, hdr)
     pixdim = _raw_pixdim(path, type(hdr))
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
         raise InputError(
@@ -135,7 +152,47 @@ def inspect_nifti(path: str | Path, *, allow_4d: bool = False) -> NiftiInfo:
             hint="resample the image onto an orthogonal grid first",
         )
     orientation = "".join(nib.aff2axcodes(affine))
-    return NiftiInfo(path, shape, spacing, affine, str(hdr.get_data_dtype()), orientation)
+    transform, note = ("sform" if scode > 0 else "qform"), ""
+    if qcode > 0 and scode > 0:
+        gap = float(np.max(np.abs(np.asarray(hdr.get_qform(), dtype=float) - affine)))
+        if gap > QFORM_SFORM_TOL_MM:
+            note = f"qform and sform disagree by up to {gap:.3g} mm; the sform is used (nibabel's rule)"
+    return NiftiInfo(path, shape, spacing, affine, str(hdr.get_data_dtype()), orientation, transform, note)
+
+
+def _check_declared_size(path: Path, shape: tuple[int, ...], hdr: Any) -> None:
+    """Refuse, from the header and the file size alone, data that is not there or would not fit in memory."""
+    n_voxels = int(np.prod(shape, dtype=np.int64))
+    itemsize = int(hdr.get_data_dtype().itemsize)
+    expected = int(hdr.get_data_offset()) + n_voxels * itemsize
+    actual = path.stat().st_size
+    dtype = str(hdr.get_data_dtype())
+    if not path.name.endswith(".gz") and actual < expected:
+        raise InputError(f"truncated file: {actual} bytes, header declares {expected}", path=path)
+    need = n_voxels * (itemsize + 4)  # the stored array plus its float32 copy
+    free = available_bytes()
+    if free is not None and need > free:
+        raise InputError(
+            f"header declares {shape} {dtype} voxels: reading it needs about {gib(need)}, "
+            f"{gib(free)} of memory is available",
+            path=path, hint="check the header (a lying header or a gzip bomb), or use a machine with more memory")
+    if path.name.endswith(".gz") and expected > GZIP_VERIFY_RATIO * actual:
+        inflated = _gunzipped_size(path, expected)
+        if inflated < expected:
+            raise InputError(f"truncated or lying file: the gzip stream holds {inflated} bytes, the header "
+                             f"declares {expected} ({shape} {dtype})", path=path)
+
+
+def _gunzipped_size(path: Path, limit: int) -> int:
+    """Decompressed length of a gzip file, counted in 1 MiB chunks without keeping them (stops at ``limit``)."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while total < limit and (chunk := fh.read(1 << 20)):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        return total
+    return total
 
 
 def load_nifti(path: str | Path, *, allow_4d: bool = False, dtype: type = np.float32) -> tuple[np.ndarray, NiftiInfo]:
@@ -158,8 +215,11 @@ def check_finite(data: np.ndarray, path: str | Path) -> None:
             raise InputError(f"{n_nan} NaN and {n_inf} Inf voxels, expected finite values", path=path)
 
 
-def load_label(path: str | Path, allowed: set[int] | None = None) -> tuple[np.ndarray, NiftiInfo]:
-    """Load an integer label map. Refuses scaling, non-integer values, and values outside ``allowed``."""
+def load_label(path: str | Path, allowed: set[int] | None = None,
+               notes: list[str] | None = None) -> tuple[np.ndarray, NiftiInfo]:
+    """Load an integer label map. Refuses scaling, values further than :data:`LABEL_ROUNDING_TOL` from an
+    integer, and values outside ``allowed``. Float values within the tolerance are rounded, and when ``notes``
+    is given a line saying how many voxels were rounded and by how much is appended to it."""
     info = inspect_nifti(path)
     img = _nifti(info.path)
     proxy: Any = img.dataobj
@@ -174,8 +234,13 @@ def load_label(path: str | Path, allowed: set[int] | None = None) -> tuple[np.nd
         check_finite(raw, path)
         rounded = np.rint(raw)
         err_max = float(np.max(np.abs(raw - rounded))) if raw.size else 0.0
-        if err_max > 1e-3:
-            raise InputError(f"non-integer label values (max deviation {err_max:.4g})", path=path)
+        if err_max > LABEL_ROUNDING_TOL:
+            raise InputError(f"non-integer label values (max deviation {err_max:.4g}, more than the tolerance "
+                             f"{LABEL_ROUNDING_TOL:g})", path=path, hint="save the label map as integers")
+        n_rounded = int(np.count_nonzero(raw != rounded))
+        if n_rounded and notes is not None:
+            notes.append(f"{n_rounded} non-integer label values rounded to the nearest integer "
+                         f"(max deviation {err_max:.3g})")
         raw = rounded
     labels = raw.astype(np.int32)
     if allowed is not None:

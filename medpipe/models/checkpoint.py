@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -15,7 +16,7 @@ from torch import nn
 
 from medpipe.config import PipelineConfig, config_from_dict
 from medpipe.errors import CheckpointError
-from medpipe.io.atomic import atomic_path
+from medpipe.io.atomic import write_bytes_atomic
 from medpipe.models.factory import build_model
 
 CHECKPOINT_FORMAT = "medpipe-checkpoint/1"
@@ -32,18 +33,27 @@ def save_checkpoint(path: str | Path, model: nn.Module, cfg: PipelineConfig, **e
         "labels": {str(k): v for k, v in cfg.labels.items()},
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()  # serialised in memory, then written by Python: a failed write names its errno
+    torch.save(payload, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+class UnsafeEnvironmentError(CheckpointError):
+    """The environment would make checkpoint loading unsafe: a problem of the environment, not of the file."""
+
+
+def check_load_environment() -> None:
+    """Refuse ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (it would let ``torch.load`` unpickle arbitrary code)."""
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").strip() not in ("", "0"):
+        raise UnsafeEnvironmentError(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set in the environment; medpipe refuses to load checkpoints "
+            "unsafely (no checkpoint was touched)", hint="unset the variable and run again")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; refuse corrupt, foreign or unsafe files."""
     path = Path(path)
-    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").strip() not in ("", "0"):
-        raise CheckpointError(
-            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set; medpipe refuses to load checkpoints unsafely",
-            path=path, hint="unset the variable",
-        )
+    check_load_environment()
     if not path.is_file():
         raise CheckpointError("checkpoint not found", path=path)
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, list_data_collate
 from torch.utils.data.distributed import DistributedSampler
@@ -23,6 +24,37 @@ from medpipe.datasets import Case
 from medpipe.runtime import short_hash
 from medpipe.training.distributed import DistInfo
 from medpipe.transforms import train_transforms, val_transforms
+
+#: Shared memory the loader's workers are assumed to need per worker (batches in flight), at least.
+SHM_MIN_PER_WORKER = 64 * 2**20
+
+
+def shm_free_bytes(folder: Path = Path("/dev/shm")) -> int | None:
+    """Free bytes in the shared-memory file system (``None`` where there is none, e.g. not Linux)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def shm_need_bytes(cfg: PipelineConfig) -> int:
+    """Shared memory the training loader's workers may hold at once: ``prefetch_factor`` (4) batches of image
+    and label patches per worker, float32, and at least :data:`SHM_MIN_PER_WORKER` per worker."""
+    t = cfg.training
+    patch = int(np.prod(cfg.transforms.patch_size_vox)) * t.batch_size * (cfg.in_channels + 1) * 4
+    return t.num_workers * max(SHM_MIN_PER_WORKER, 4 * patch * max(1, cfg.transforms.samples_per_case))
+
+
+def shm_plan(workers: int, need: int, free: int | None) -> str | None:
+    """``None`` when worker processes can share batches through /dev/shm as usual, else the notice to give when
+    falling back to loading in the main process (torch's worker processes hand every batch over through
+    /dev/shm, whichever sharing strategy is set, so fewer workers is the only fallback that cannot fail)."""
+    if workers == 0 or free is None or free >= need:
+        return None
+    return (f"/dev/shm has {free / 2**20:.0f} MiB free, the {workers} loader workers may need about "
+            f"{need / 2**20:.0f} MiB: loading in the main process instead (num_workers 0, slower). To fix it, give the "
+            "container more shared memory (docker run --shm-size=2g) or lower training.num_workers")
 
 
 @dataclass
@@ -99,9 +131,13 @@ class EpochSampler(DistributedSampler):  # type: ignore[type-arg]
 
 
 def build_loaders(cfg: PipelineConfig, train_cases: list[Case], val_cases: list[Case], identity: str,
-                  dist: DistInfo, device: str) -> Loaders:
-    """Datasets and the training loader. Under DDP each rank validates its share ``val_cases[rank::world]``."""
-
+                  dist: DistInfo, device: str, notices: list[str] | None = None) -> Loaders:
+    """Datasets and the training loader. Under DDP each rank validates its share ``val_cases[rank::world]``.
+    With worker processes and too little /dev/shm (Docker's 64 MB default) the loader runs without workers and
+    a notice saying so (and how to fix it) is appended to ``notices``."""
+    note = shm_plan(cfg.training.num_workers, shm_need_bytes(cfg), shm_free_bytes())
+    if note is not None and notices is not None:
+        notices.append(note)
 
     train_tf = train_transforms(cfg)
     train_ds = make_dataset(cfg, train_cases, train_tf, identity, "train")
@@ -109,7 +145,7 @@ def build_loaders(cfg: PipelineConfig, train_cases: list[Case], val_cases: list[
     generator = torch.Generator().manual_seed(cfg.training.seed)
     t = cfg.training
     sampler = EpochSampler(train_ds, dist.world_size, dist.rank, t.seed, t.iterations_per_epoch * t.batch_size)
-    workers = t.num_workers
+    workers = 0 if note is not None else t.num_workers
     loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=False, sampler=sampler,
                         num_workers=workers, collate_fn=list_data_collate, generator=generator,
                         pin_memory=device.startswith("cuda"), persistent_workers=False,

@@ -12,7 +12,7 @@ from pathlib import Path
 from medpipe.config import PipelineConfig
 from medpipe.errors import CheckpointError, ConfigError
 from medpipe.io.atomic import ensure_writable_dir
-from medpipe.runtime import resolve_device
+from medpipe.runtime import device_reason, resolve_device
 from medpipe.training.distributed import init_distributed, shutdown
 from medpipe.training.events import EpochStats, TrainEvent, TrainResult
 from medpipe.training.state import resumable, resume_key
@@ -60,9 +60,12 @@ def train(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None = None, 
     if not resume and resumable(run_dir):
         raise CheckpointError("run folder already holds a training run", path=run_dir,
                               hint="pass --resume to continue it, or choose a new --out")
+    requested = device
     dist, device = init_distributed(resolve_device(device))
     try:
         ensure_writable_dir(run_dir)
-        return Trainer(cfg, run_dir, device, dist, on_event).run(resume=resume, force=force)
+        trainer = Trainer(cfg, run_dir, device, dist, on_event)
+        trainer.notices.append(device_reason(requested, device))
+        return trainer.run(resume=resume, force=force)
     finally:
         shutdown()

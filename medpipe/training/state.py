@@ -10,6 +10,7 @@ did. The global RNG states are saved in every checkpoint all the same and restor
 from __future__ import annotations
 
 import ast
+import json
 import os
 import random
 from pathlib import Path
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 
 from medpipe.config import PipelineConfig
+from medpipe.datasets import data_identity
 from medpipe.errors import CheckpointError
-from medpipe.models.checkpoint import load_checkpoint
+from medpipe.models.checkpoint import check_load_environment, load_checkpoint
 from medpipe.runtime import short_hash
 
 #: Checkpoint names in the order a resume tries them (``previous.pt`` is the one before the latest).
@@ -104,6 +106,39 @@ def config_changes(stored: dict[str, Any], current: PipelineConfig) -> list[str]
     return out
 
 
+#: The new ``last.pt`` is written under this name first; the rotation happens only once it is complete.
+STAGED_CHECKPOINT = "next.pt"
+
+
+def rotate_in(run_dir: Path, staged: Path) -> None:
+    """``last.pt`` -> ``previous.pt``, then the completely written ``staged`` -> ``last.pt``."""
+    if (run_dir / "last.pt").is_file():
+        os.replace(run_dir / "last.pt", run_dir / "previous.pt")
+    os.replace(staged, run_dir / "last.pt")
+
+
+def case_identities(cases: list[Any]) -> dict[str, str]:
+    """Per case: the identity of its files (ids, names, contents), to say what changed when a resume is refused."""
+    return {c.case_id: data_identity([c]) for c in cases}
+
+
+def dataset_changes(run_dir: Path, now: dict[str, str]) -> str:
+    """What changed in the dataset since the run in ``run_dir`` began (from its split.json), in one phrase."""
+    try:
+        before = json.loads((run_dir / "split.json").read_text()).get("case_identity") or {}
+    except (OSError, json.JSONDecodeError):
+        return ""
+    if not before:
+        return ""
+    gone = sorted(set(before) - set(now))
+    new = sorted(set(now) - set(before))
+    changed = sorted(c for c in set(before) & set(now) if before[c] != now[c])
+    parts = [f"{what}: {', '.join(ids[:8])}{' ...' if len(ids) > 8 else ''}"
+             for what, ids in (("cases gone", gone), ("new cases", new), ("cases whose files changed", changed))
+             if ids]
+    return "since the run began: " + "; ".join(parts) if parts else ""
+
+
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete temporary files a killed run left beside its outputs (``.<name>.<random>.tmp<suffix>``)."""
     removed = []
@@ -125,6 +160,7 @@ def pick_checkpoint(run_dir: Path, map_location: str) -> tuple[Path, dict[str, A
     none can be loaded.
     """
 
+    check_load_environment()  # an unsafe environment is an error, never a verdict on the files
     notices: list[str] = []
     problems: list[str] = []
     for name in RESUME_CANDIDATES:

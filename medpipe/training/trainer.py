@@ -9,7 +9,6 @@ installed). Under DDP only rank 0 writes any of them.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from medpipe.config import PipelineConfig, dump_config
 from medpipe.datasets import data_identity, load_dataset, preflight, select_split
-from medpipe.errors import CheckpointError, ConfigError, DatasetError
+from medpipe.errors import CheckpointError, ConfigError, DatasetError, OutputError, TrainingError
 from medpipe.evaluation.evaluate import score_arrays
 from medpipe.evaluation.metrics.regions import Region
 from medpipe.io.atomic import write_json_atomic, write_text_atomic
@@ -35,12 +34,16 @@ from medpipe.training.events import EpochStats, TrainEvent, TrainResult
 from medpipe.training.losses import SegmentationLoss
 from medpipe.training.runlog import RunLog, read_rows
 from medpipe.training.state import (
+    STAGED_CHECKPOINT,
+    case_identities,
     config_changes,
+    dataset_changes,
     epoch_seed,
     pick_checkpoint,
     remove_stale_temporaries,
     resume_key,
     rng_state,
+    rotate_in,
     seed_everything,
     set_determinism,
     set_rng_state,
@@ -76,6 +79,7 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.notices: list[str] = []
+        self.resuming = False
 
     # ----- data ---------------------------------------------------------------------------------------------
     def setup_data(self) -> None:
@@ -86,9 +90,15 @@ class Trainer:
         ds = load_dataset(cfg.data.root, cfg.data.format)
         chosen = None
         if self.dist.is_main:  # rank 0 reads or writes the splits file; every rank trains on its split
-            train, val, splits = select_split(
-                ds.cases, fold=cfg.data.fold, n_folds=cfg.data.n_folds, val_fraction=cfg.data.val_fraction,
-                seed=cfg.data.seed, splits_file=cfg.data.splits_file or None)
+            try:
+                train, val, splits = select_split(
+                    ds.cases, fold=cfg.data.fold, n_folds=cfg.data.n_folds, val_fraction=cfg.data.val_fraction,
+                    seed=cfg.data.seed, splits_file=cfg.data.splits_file or None)
+            except DatasetError as err:
+                changed = dataset_changes(self.run_dir, case_identities(list(ds.cases))) if self.resuming else ""
+                if not changed:
+                    raise
+                raise DatasetError(f"{err.message}; {changed}", path=err.path, hint=err.hint) from err
             chosen = ([c.case_id for c in train], [c.case_id for c in val], splits)
         train_ids, val_ids, splits = broadcast_object(chosen, self.dist)
         by_id = {c.case_id: c for c in ds.cases}
@@ -99,15 +109,20 @@ class Trainer:
             raise DatasetError(f"the dataset changed since it was planned (identity {data_identity(ds.cases)}, "
                                f"the plan recorded {cfg.data.fingerprint})", path=ds.root,
                                hint="run `medpipe plan` again, or clear data.fingerprint in the config")
-        preflight(cases, cfg.labels, cfg.in_channels, ds.root)
-        if self.dist.is_main:
+        warnings: list[Any] = []
+        preflight(cases, cfg.labels, cfg.in_channels, ds.root, warnings)
+        self.notices += [f"dataset check: {w}" for w in warnings]
+        self.case_identity = case_identities(cases)
+        if self.dist.is_main and not self.resuming:  # a resume keeps the record of what the run began with
             write_json_atomic(self.run_dir / "split.json", {
                 "fold": cfg.data.fold, "train": [c.case_id for c in self.train_cases],
-                "val": [c.case_id for c in self.val_cases]})
+                "val": [c.case_id for c in self.val_cases], "case_identity": self.case_identity,
+                "dataset_warnings": [str(w) for w in warnings]})
             if splits is not None:
                 write_json_atomic(self.run_dir / "splits.json", {"n_folds": cfg.data.n_folds, "seed": cfg.data.seed,
                                                                  "folds": splits})
-        self.data = build_loaders(cfg, self.train_cases, self.val_cases, self.fingerprint, self.dist, self.device)
+        self.data = build_loaders(cfg, self.train_cases, self.val_cases, self.fingerprint, self.dist, self.device,
+                                  self.notices)
 
     # ----- model --------------------------------------------------------------------------------------------
     @property
@@ -136,18 +151,28 @@ class Trainer:
 
     # ----- checkpoints --------------------------------------------------------------------------------------
     def save(self, name: str, epoch: int, best: tuple[int, float]) -> None:
-        """Rank 0: write a checkpoint atomically; ``last.pt`` first moves the previous one to ``previous.pt``."""
+        """Rank 0: write a checkpoint atomically. A new ``last.pt`` is written completely (as ``next.pt``) before
+        the old one becomes ``previous.pt``, so a failed write (disk full, file-size limit) keeps every good
+        checkpoint and is reported with its path and errno."""
 
         if not self.dist.is_main:
             return
-        if name == "last.pt" and (self.run_dir / "last.pt").is_file():
-            os.replace(self.run_dir / "last.pt", self.run_dir / "previous.pt")
-        save_checkpoint(
-            self.run_dir / name, self.net, self.cfg, epoch=epoch, best_epoch=best[0], best_dice=best[1],
-            optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), scaler=self.scaler.state_dict(),
-            rng=rng_state(), loader_rng=self.data.generator.get_state(), resume_key=resume_key(self.cfg),
-            data_fingerprint=self.fingerprint, world_size=self.dist.world_size,
-        )
+        dest = self.run_dir / name
+        staged = self.run_dir / STAGED_CHECKPOINT if name == "last.pt" else dest
+        try:
+            save_checkpoint(
+                staged, self.net, self.cfg, epoch=epoch, best_epoch=best[0], best_dice=best[1],
+                optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), scaler=self.scaler.state_dict(),
+                rng=rng_state(), loader_rng=self.data.generator.get_state(), resume_key=resume_key(self.cfg),
+                data_fingerprint=self.fingerprint, world_size=self.dist.world_size, device=self.device,
+            )
+        except OutputError as err:
+            kept = [n for n in ("best.pt", "last.pt", "previous.pt") if (self.run_dir / n).is_file()]
+            raise OutputError(f"checkpoint of epoch {epoch} not written: {err.message}; "
+                              + (f"kept intact: {', '.join(kept)}" if kept else "no earlier checkpoint exists"),
+                              path=dest, hint="free disk space (or raise the file-size limit), then --resume") from err
+        if staged != dest:
+            rotate_in(self.run_dir, staged)
 
     def restore(self, force: bool) -> tuple[int, tuple[int, float]]:
         """Load the newest usable checkpoint (rank 0 picks it, quarantining corrupt ones) into every rank."""
@@ -166,8 +191,10 @@ class Trainer:
                                   + (f" ({'; '.join(changed[:5])})" if changed else ""), path=path,
                                   hint="use the run's config.yaml, or --force to resume anyway")
         if not force and ckpt.get("data_fingerprint") != self.fingerprint:
+            changed = dataset_changes(self.run_dir, self.case_identity)
             raise CheckpointError(f"the dataset differs from the run being resumed (identity {self.fingerprint}, "
-                                  f"the run recorded {ckpt.get('data_fingerprint')})", path=path,
+                                  f"the run recorded {ckpt.get('data_fingerprint')})"
+                                  + (f"; {changed}" if changed else ""), path=path,
                                   hint="--force to resume anyway")
         try:
             self.net.load_state_dict(ckpt["state_dict"])
@@ -217,6 +244,8 @@ class Trainer:
                 if self.deep_supervision:
                     out = list(torch.unbind(out, dim=1))
                 loss = self.loss_fn(out, y)
+            if not bool(torch.isfinite(loss.detach()).all()):
+                self._stop_non_finite(epoch, i + 1, float(loss.detach()))
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), 12.0)
@@ -231,6 +260,13 @@ class Trainer:
         self.sched.step()
         mean = float(np.mean(losses)) if losses else float("nan")
         return EpochStats(mean_across_ranks(mean, self.dist, self.device), len(losses), wait, compute)
+
+    def _stop_non_finite(self, epoch: int, step: int, value: float) -> None:
+        kept = self.run_dir / "last.pt"
+        last = f"{kept} (epoch {epoch - 1}) is the last good checkpoint" if kept.is_file() else "no checkpoint yet"
+        raise TrainingError(f"training loss became {value} in epoch {epoch}, step {step}: the run is stopped; {last}",
+                            path=self.run_dir, hint="lower training.lr, or check the data with `medpipe dataset "
+                            "check`; --resume continues from the last good checkpoint")
 
     def _scored(self) -> Any:
 
@@ -265,8 +301,10 @@ class Trainer:
 
     def run(self, resume: bool = False, force: bool = False) -> TrainResult:
         cfg = self.cfg
+        self.resuming = resume
         if self.dist.is_main:
             remove_stale_temporaries(self.run_dir)
+            (self.run_dir / STAGED_CHECKPOINT).unlink(missing_ok=True)
         self.setup_data()
         self.setup_model()
         start, best, last_dice = 0, (0, -1.0), {}

@@ -88,7 +88,8 @@ class ConvertResult:
 
 
 def _storage(volume: DicomVolume) -> tuple[np.ndarray, str]:
-    """The array to write: int16/uint16/int32 when every value is an integer that fits, else float32."""
+    """The array to write: int16/uint16/int32 when every value is an integer that fits, else the float array as
+    read (float32, or float64 for stored values wider than 24 bits, which float32 would round)."""
     data = volume.array
     if volume.integer_valued and data.size:
         lo, hi = volume.provenance.values.minimum, volume.provenance.values.maximum
@@ -96,7 +97,7 @@ def _storage(volume: DicomVolume) -> tuple[np.ndarray, str]:
             info = np.iinfo(dtype)
             if info.min <= lo and hi <= info.max:
                 return data.astype(dtype), np.dtype(dtype).name
-    return data, "float32"
+    return data, data.dtype.name
 
 
 def write_volume(volume: DicomVolume, nifti_path: Path) -> str:
@@ -105,7 +106,7 @@ def write_volume(volume: DicomVolume, nifti_path: Path) -> str:
     img = nifti_image(data, volume.affine, "medpipe convert")
     with atomic_path(nifti_path) as tmp:
         nib.save(img, str(tmp))
-        if dtype == "float32":
+        if dtype.startswith("float"):
             written = cast(nib.Nifti1Image, nib.load(str(tmp)))
             require_same_grid(grid_of(written), volume.grid, nifti_path, what="written volume grid")
         else:

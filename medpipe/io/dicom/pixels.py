@@ -159,12 +159,20 @@ def mask_to_bits_stored(raw: np.ndarray, fmt: PixelFormat) -> tuple[np.ndarray, 
     return values, changed
 
 
+#: float32 holds every integer up to 2**24 exactly; stored values wider than this are kept in float64.
+FLOAT32_EXACT_BITS = 24
+
+
 def read_stack(frames: list[Frame], folder: Path, *, workers: int | None = None) -> tuple[np.ndarray, StackValues]:
-    """Pixel values of ``frames`` (already in slice order) as float32 (K, rows, columns), modality LUT applied."""
+    """Pixel values of ``frames`` (already in slice order) as float32 (K, rows, columns), modality LUT applied.
+
+    Stored values wider than 24 bits (BitsStored > 24, e.g. 32-bit integers) come back as float64 instead, so
+    that no integer changes (float32 would round 16777217 to 16777216)."""
     from medpipe.io.dicom.decode import decode_frames
 
     k, rows, cols = len(frames), frames[0].rows, frames[0].columns
-    out = np.empty((k, rows, cols), dtype=np.float32)
+    wide = any(f.fmt.bits_stored > FLOAT32_EXACT_BITS for f in frames)
+    out = np.empty((k, rows, cols), dtype=np.float64 if wide else np.float32)
     decoded = decode_frames([f for f in frames if not f.fmt.native], folder, workers=workers)
     masked = 0
     lut_frames = []
@@ -180,9 +188,9 @@ def read_stack(frames: list[Frame], folder: Path, *, workers: int | None = None)
     slopes = np.asarray([1.0 if f.slope is None or i in lut_frames else f.slope for i, f in enumerate(frames)])
     inters = np.asarray([0.0 if f.intercept is None or i in lut_frames else f.intercept for i, f in enumerate(frames)])
     if np.any(slopes != 1.0):
-        out *= slopes.astype(np.float32)[:, None, None]
+        out *= slopes.astype(out.dtype)[:, None, None]
     if np.any(inters != 0.0):
-        out += inters.astype(np.float32)[:, None, None]
+        out += inters.astype(out.dtype)[:, None, None]
     integer = not lut_frames and bool(np.all(slopes == np.rint(slopes)) and np.all(inters == np.rint(inters)))
     return out, StackValues(masked, _describe_rescale(slopes, inters, len(lut_frames)), integer)
 

@@ -196,26 +196,30 @@ def group_frames(frames: list[Frame]) -> list[VolumeCandidate]:
     by_series: dict[str, list[Frame]] = {}
     for frame in frames:
         by_series.setdefault(frame.series_uid, []).append(frame)
-    raw: list[tuple[str, dict[str, str], list[Frame], int]] = []
+    raw: list[tuple[str, dict[str, str], list[Frame], int, str]] = []
     for uid, members in by_series.items():
         geometry_groups: list[list[Frame]] = []
         for shape_group in _split_by_shape(members):
             for iop_group in _cluster(shape_group, lambda f: f.iop, IOP_TOL):
                 geometry_groups.extend(_cluster(iop_group, lambda f: f.pixel_spacing, SPACING_TOL_MM))
+        main = max(geometry_groups, key=len)
         for group in geometry_groups:
+            # the first file (by name) that differs from the series' main geometry, for the message
+            odd = "" if group is main else min(Path(f.path).name for f in group)
             for split, part in _split_volume(group):
-                raw.append((uid, split, part, len(geometry_groups)))
+                raw.append((uid, split, part, len(geometry_groups), odd))
     raw.sort(key=lambda r: (r[2][0].series_number or 0, -len(r[2]), sorted(r[1].items()), r[0]))
     per_number = Counter(r[2][0].series_number or 0 for r in raw)
     seen: Counter[int] = Counter()
     candidates = []
-    for uid, split, part, n_geometries in raw:
+    for uid, split, part, n_geometries, odd in raw:
         number = part[0].series_number or 0
         seen[number] += 1
         label = str(number) if per_number[number] == 1 else f"{number}-{seen[number]}"
         notes: tuple[str, ...] = ()
         if n_geometries > 1:
-            notes = (f"series holds images of {n_geometries} geometries (mixed orientations or image sizes)",)
+            notes = (f"series holds images of {n_geometries} geometries (mixed orientations or image sizes)"
+                     + (f"; first file that differs from the rest: {odd}" if odd else ""),)
         first = part[0]
         candidates.append(
             VolumeCandidate(

@@ -76,13 +76,16 @@ def locks(out: Path) -> list[Claim]:
     return found
 
 
-def kill_worker_mid_case(out: Path, timeout_s: float, case_id: str | None = None, attempt: int = 1) -> Claim:
+def kill_worker_mid_case(out: Path, timeout_s: float, case_id: str | None = None, attempt: int = 1,
+                         skip: tuple[Claim, ...] = ()) -> Claim:
     """SIGKILL the worker holding a case (``case_id``, or any) at ``attempt``: the worker is stopped first, then
     its lock is read again, so the kill certainly lands while it holds that case."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         for claim in locks(out):
             if claim.state != "running" or claim.attempt != attempt or (case_id and claim.case_id != case_id):
+                continue
+            if any(claim.token == s.token for s in skip):  # killed already; the launcher has not reaped it yet
                 continue
             try:
                 os.kill(claim.pid, signal.SIGSTOP)

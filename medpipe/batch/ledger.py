@@ -37,6 +37,18 @@ from medpipe.runtime import sha256_files
 HOST = socket.gethostname()
 
 
+def inputs_stat(case: BatchCase) -> list[list[int]]:
+    """[size, mtime_ns] of each input file ([] if one is missing): a changed input changes this."""
+    out = []
+    for f in case.files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            return []
+        out.append([st.st_size, st.st_mtime_ns])
+    return out
+
+
 def process_start(pid: int) -> str:
     """The start time of a process (Linux ``/proc/<pid>/stat`` field 22), '' when unknown or gone."""
     try:
@@ -121,6 +133,10 @@ class Ledger:
         if not (self.predictions / str(meta.get("mask", ""))).is_file():
             return False
         if check_input and case.files:
+            comp = self.completion(case.case_id)
+            stat = inputs_stat(case)
+            if comp is not None and stat and comp.inputs_stat == stat:
+                return True  # same sizes and mtimes as when it was computed: not read again
             try:
                 return sha256_files([Path(f) for f in case.files]) == meta.get("input_sha256")
             except OSError:
@@ -177,20 +193,23 @@ class Ledger:
         if self._link_new(path, mine):
             return mine
         old, mtime = self.read_claim(case_id)
-        if old is None or self.claim_is_live(old, mtime, spec.lease_s):
+        if not mtime or self.claim_is_live(old, mtime, spec.lease_s):
             return None
+        if old is None:  # an unreadable lock whose lease expired (a write cut short): as if a dead first attempt
+            old = Claim(case_id, "", "unknown", HOST, 0, "", 1, mtime, "crashed", "unreadable lock")
         tomb = self.locks / f".{case_id}.stale.{mine.token}"
         try:
             os.rename(path, tomb)  # of two rivals taking over, only one finds the lock to rename
         except FileNotFoundError:
             return None
         moved = read_json(tomb)
-        if moved is None or moved.get("token") != old.token:  # a fresh lock slipped in between: give it back
+        if (moved or {}).get("token", "") != old.token:  # a fresh lock slipped in between: give it back
             with contextlib.suppress(OSError):
                 os.link(tomb, path)
             tomb.unlink(missing_ok=True)
             return None
         tomb.unlink(missing_ok=True)
+        shutil.rmtree(self.staging / f"{case_id}.{old.token}", ignore_errors=True)  # the dead attempt's files
         if old.attempt >= spec.max_attempts:
             reason = old.reason or "its worker stopped renewing the lease (lost or killed)"
             self._write_failure(Failure(case_id, "crash", f"{reason}; tried {old.attempt} times", old.attempt,
@@ -233,6 +252,20 @@ class Ledger:
         if self.holds(claim):
             write_json_atomic(self.lock_path(claim.case_id), replace(claim, state="crashed", reason=reason).to_json())
 
+    def tidy(self, spec: BatchSpec) -> None:
+        """Remove what dead workers left: locks of cases that are done, staging folders no live claim owns."""
+        for path in self.locks.glob("*.lock"):
+            if path.name.startswith("."):
+                continue
+            claim, mtime = self.read_claim(path.stem)
+            if not self.claim_is_live(claim, mtime, spec.lease_s) and self.sidecar(path.stem).is_file():
+                path.unlink(missing_ok=True)
+        for folder in self.staging.iterdir() if self.staging.is_dir() else ():
+            case_id, _, token = folder.name.rpartition(".")
+            claim, mtime = self.read_claim(case_id)
+            if claim is None or claim.token != token or not self.claim_is_live(claim, mtime, spec.lease_s):
+                shutil.rmtree(folder, ignore_errors=True)
+
     # ---- finishing -----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def staging_dir(self, claim: Claim) -> Iterator[Path]:
@@ -244,7 +277,7 @@ class Ledger:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def commit(self, claim: Claim, staged: Path) -> bool:
+    def commit(self, claim: Claim, staged: Path, case: BatchCase | None = None) -> bool:
         """Move a finished attempt's files into ``predictions/`` (the sidecar ``<case>.json`` last) while the claim
         still holds; False (nothing moved) when the claim was lost."""
         if not self.holds(claim):
@@ -256,7 +289,7 @@ class Ledger:
             os.replace(f, self.predictions / f.name)
         write_json_atomic(self.done_dir / f"{claim.case_id}.json",
                           Completion(claim.case_id, claim.worker, claim.host, claim.attempt, claim.claimed_at,
-                                     time.time()).to_json())
+                                     time.time(), inputs_stat(case) if case else []).to_json())
         (self.failed_dir / f"{claim.case_id}.json").unlink(missing_ok=True)
         os.replace(sidecar, self.sidecar(claim.case_id))
         self.release(claim)

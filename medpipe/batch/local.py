@@ -171,5 +171,7 @@ class LocalLauncher:
                 time.sleep(self.poll_s)
         finally:
             self.stop()
+        if self.chunk is None:  # a Slurm array task leaves tidying to the submitter: other tasks may run
+            self.ledger.tidy(self.spec)
         self._emit("progress")
 

@@ -132,6 +132,7 @@ class Completion:
     attempt: int
     claimed_at: float
     finished_at: float
+    inputs_stat: list[list[int]] = field(default_factory=list)  # [size, mtime_ns] of each input file
     format: str = "medpipe-batch-done/1"
 
     def to_json(self) -> dict[str, Any]:

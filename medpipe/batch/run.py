@@ -119,6 +119,7 @@ def run_batch(model: Path, inputs: list[Path], out: Path, *, manifest: Path | No
     todo = [c for c in cases if not ledger.is_done(c, spec)]
     check_free_space(out, todo)
     ledger.clear_failures({c.case_id for c in cases})
+    ledger.tidy(spec)
     chunks = [[c.case_id for c in todo[i:i + chunk]] for i in range(0, len(todo), max(1, chunk))]
     ledger.write_spec(spec, cases, chunks)
     if launcher == "local":
@@ -136,4 +137,5 @@ def run_batch(model: Path, inputs: list[Path], out: Path, *, manifest: Path | No
         return BatchResult(len(cases), len(todo), None, job_ids)
     if job_ids:
         slurm_launcher.wait(out, job_ids, on_event)
+        ledger.tidy(spec)
     return BatchResult(len(cases), len(todo), write_report(out), job_ids)

@@ -32,6 +32,7 @@ class SlurmOptions:
     array_parallelism: int = 64
     time_min: int = 240
     extra: dict[str, str] = field(default_factory=dict)
+    python: str | None = None  # how array tasks start Python, e.g. "apptainer exec --nv medpipe.sif python"
 
 
 class ChunkTask:
@@ -66,7 +67,7 @@ def submit(out: Path, n_chunks: int, options: SlurmOptions) -> list[str]:
     import submitit
 
     ledger = Ledger(out)
-    executor = submitit.SlurmExecutor(folder=ledger.logs / "slurm" / "%j", max_num_timeout=3)
+    executor = submitit.SlurmExecutor(folder=ledger.logs / "slurm" / "%j", max_num_timeout=3, python=options.python)
     params: dict[str, Any] = {"time": options.time_min, "array_parallelism": options.array_parallelism,
                               "job_name": "medpipe-batch", "ntasks_per_node": 1}
     if options.partition:

@@ -59,11 +59,15 @@ def run_worker(out: Path, worker: str, chunk: int | None = None) -> int:
     keeper = LeaseKeeper(ledger, spec.lease_s)
     keeper.start()
     attempted = 0
+    settled: set[str] = set()  # done or failed: not looked at again
     try:
         while True:
             claimed = 0
             for case in cases:
+                if case.case_id in settled:
+                    continue
                 if ledger.failure(case.case_id) or ledger.is_done(case, spec, check_input=True):
+                    settled.add(case.case_id)
                     continue
                 claim = ledger.claim(case.case_id, worker, spec)
                 if claim is None:
@@ -86,7 +90,7 @@ def _process(ledger: Ledger, predictor: object, case: BatchCase, claim: Claim, s
         if keeper.lost:
             return  # someone took the case over after our lease lapsed: their result counts, ours is dropped
         if ok:
-            ledger.commit(claim, staged)
+            ledger.commit(claim, staged, case)
         else:
             ledger.fail(claim, "error", error)
 

@@ -48,7 +48,7 @@ def batch_run(
     workers: Annotated[int, typer.Option(min=1, help="Local CPU worker processes.")] = 1,
     gpus: Annotated[str | None, typer.Option(help="Local: one worker per GPU: all, or a list like 0,1.")] = None,
     launcher: Annotated[str, typer.Option(help="local or slurm.")] = "local",
-    case_timeout: Annotated[float | None, typer.Option(min=1.0, help="Seconds before a hanging case is ended "
+    case_timeout: Annotated[float | None, typer.Option(min=0.1, help="Seconds before a hanging case is ended "
                                                        "and marked failed.")] = None,
     lease: Annotated[float, typer.Option(min=1.0, help="Seconds a claim holds without renewal (a dead worker's "
                                          "case is taken over after this).")] = 60.0,
@@ -60,6 +60,8 @@ def batch_run(
     slurm_array_parallelism: Annotated[int, typer.Option(min=1, help="Array tasks running at once.")] = 64,
     slurm_time: Annotated[int, typer.Option(min=1, help="Time limit per array task (minutes).")] = 240,
     sbatch: Annotated[list[str] | None, typer.Option(help="More sbatch options, KEY=VALUE (repeatable).")] = None,
+    slurm_python: Annotated[str | None, typer.Option(help="How array tasks start Python, e.g. 'apptainer exec "
+                                                     "--nv medpipe.sif python' (default: this Python).")] = None,
     detach: Annotated[bool, typer.Option(help="Slurm: return after submitting (see `medpipe batch status`).")] = False,
     device: Device = "auto",
     overlap: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = None,
@@ -80,7 +82,7 @@ def batch_run(
                                                  "allow_uneven": allow_uneven}}
     with handled():
         slurm = SlurmOptions(slurm_partition, slurm_gpus_per_task, slurm_cpus_per_task, slurm_mem_gb,
-                             slurm_array_parallelism, slurm_time, _sbatch_options(sbatch))
+                             slurm_array_parallelism, slurm_time, _sbatch_options(sbatch), slurm_python)
         with BatchProgress(err_console) as progress:
             result = run_batch(model, list(inputs or []), out_dir, manifest=manifest, workers=workers, gpus=gpus,
                                launcher=launcher, chunk=chunk, slurm=slurm, detach=detach,

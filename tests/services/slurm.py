@@ -9,6 +9,7 @@ Slurm or munge is not installed or the tests do not run as root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -105,16 +106,21 @@ def _wait_idle(cluster: SlurmCluster, procs: list[subprocess.Popen[bytes]], time
     raise RuntimeError(f"Slurm node not idle after {timeout_s:.0f} s (state {state!r}); logs in {cluster.root}")
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+def slurm_missing() -> str | None:
+    """Why this machine cannot run the test cluster, or None."""
     missing = [d for d in DAEMONS if _sbin(d) is None]
     if missing:
-        pytest.skip(f"Slurm/munge not installed (missing {', '.join(missing)})")
+        return f"Slurm/munge not installed (missing {', '.join(missing)})"
     if os.geteuid() != 0:
-        pytest.skip("the test Slurm cluster starts its daemons as root")
-    root = tmp_path_factory.mktemp("slurm")
+        return "the test Slurm cluster starts its daemons as root"
+    return None
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path) -> Iterator[SlurmCluster]:
+    """Start munged, slurmctld and slurmd with their state under ``root``; stop them on exit."""
     for sub in ("munge", "state", "spool"):
-        (root / sub).mkdir(mode=0o700)
+        (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
     key = root / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
@@ -140,9 +146,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         start(str(_sbin("slurmctld")), "-D", "-i", "-f", str(conf))
         start(str(_sbin("slurmd")), "-D", "-f", str(conf), "-N", node)
         _wait_idle(cluster, procs)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("SLURM_CONF", str(conf))
-            yield cluster
+        yield cluster
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -153,3 +157,14 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
                 p.kill()
                 p.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A running one-node cluster for the whole session, with ``SLURM_CONF`` set for clients."""
+    why = slurm_missing()
+    if why:
+        pytest.skip(why)
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(cluster.conf))
+        yield cluster

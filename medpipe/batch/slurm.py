@@ -8,6 +8,7 @@ and takes over cases whose lease expired.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import time
@@ -57,6 +58,8 @@ class ChunkTask:
 
 
 def require_slurm() -> None:
+    if importlib.util.find_spec("submitit") is None:
+        raise ConfigError("--launcher slurm needs the submitit package", hint="pip install submitit")
     if shutil.which("sbatch") is None:
         raise ConfigError("--launcher slurm needs Slurm's sbatch on PATH", hint="run on a Slurm login node, or use "
                           "--launcher local")

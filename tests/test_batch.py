@@ -254,3 +254,14 @@ def test_a_case_that_runs_past_the_timeout_is_ended_and_failed(tmp_path: Path, m
     assert failure["kind"] == "timeout" and "--case-timeout 0.2" in failure["reason"]
     assert "1 failed" in res.stdout and "timeout" in " ".join(res.stdout.split())
     assert not list((out / "predictions").iterdir()) and not list((out / "ledger" / "locks").iterdir())
+
+
+def test_cli_dispatch_run_by_default_and_status(tmp_path: Path, model: Path) -> None:
+    res = runner.invoke(app, ["batch", "--help"])
+    assert res.exit_code == 0 and "run" in res.output and "status" in res.output
+    res = runner.invoke(app, ["batch", str(model), "-o", str(tmp_path / "out")])  # `batch MODEL` means `batch run`
+    assert res.exit_code == 1 and "no inputs" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["batch", "run", str(model), str(tmp_path), "-o", str(tmp_path / "o"), "--gpus", "x"])
+    assert res.exit_code == 1 and "--gpus 'x'" in res.output
+    res = runner.invoke(app, ["batch", str(model), str(tmp_path), "-o", str(tmp_path / "o"), "--sbatch", "novalue"])
+    assert res.exit_code == 1 and "KEY=VALUE" in res.output

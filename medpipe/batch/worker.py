@@ -28,10 +28,10 @@ class LeaseKeeper(threading.Thread):
         self.claim: Claim | None = None
         self.lost = False
         self.parent = os.getppid()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.period):
+        while not self._halt.wait(self.period):
             if os.getppid() != self.parent:
                 os._exit(3)  # orphaned: the launcher was killed; the lease lapses and the case is reclaimed
             held = self.claim
@@ -39,7 +39,7 @@ class LeaseKeeper(threading.Thread):
                 self.lost = True
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def _order(cases: list[BatchCase], worker: str) -> list[BatchCase]:

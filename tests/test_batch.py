@@ -132,7 +132,7 @@ def test_batch_with_two_workers_then_status_and_a_rerun_that_computes_nothing(tm
     assert "6 done, 0 failed" in res.stdout
     done = check_ledger(out, IDS6)
     assert {d["attempt"] for d in done.values()} == {1}
-    assert len({d["worker"] for d in done.values()}) == 2  # both workers took cases
+    assert len(list((out / "logs").glob("w*.log"))) == 2  # two workers ran (how the cases split is up to timing)
     report = json.loads((out / "batch.json").read_text())
     assert report["counts"] == {"total": 6, "done": 6, "failed": 0, "running": 0, "pending": 0}
     assert [r["status"] for r in report["rows"]] == ["done"] * 6 and report["cases_per_hour"] > 0

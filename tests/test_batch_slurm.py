@@ -52,7 +52,7 @@ def test_slurm_array_batch_finishes_every_case_once(tmp_path: Path, slurm_cluste
     assert "6 done, 0 failed" in res.stdout and "slurm" in res.stdout
     done = check_ledger(out, IDS)
     assert {d["attempt"] for d in done.values()} == {1}
-    assert len({d["worker"] for d in done.values()}) == 2  # two array tasks, one worker each
+    assert len({d["worker"] for d in done.values()}) == 2  # two array tasks (chunks of 3), one worker each
     logs = list((out / "logs" / "slurm").rglob("*_log.out"))
     assert len(logs) == 2  # submitit's per-task logs under OUT/logs/
     assert json.loads((out / "batch.json").read_text())["launcher"] == "slurm"

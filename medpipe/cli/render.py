@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from medpipe.batch.status import BatchEvent, BatchStatus
 from medpipe.datasets.check import CheckReport
 from medpipe.evaluation.report import caption_text, fmt_stat, label_title
 from medpipe.evaluation.result import EvaluationResult
@@ -277,3 +278,53 @@ def render_model_card(card: dict[str, Any]) -> Any:
 
 def _code(code: dict[str, str] | None) -> str:
     return f"{code['value']} {code['meaning']}" if code else "-"
+
+
+class BatchProgress:
+    """``medpipe batch``: a bar over the cases (done + failed), with running/failed counts; crashes, timeouts and
+    submissions as lines above it."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), console=console)
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> BatchProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, ev: BatchEvent) -> None:
+        """Callback for :func:`medpipe.batch.run.run_batch`."""
+        c = ev.counts
+        if ev.kind in ("crash", "timeout"):
+            self.progress.console.print(f"[yellow]{ev.kind}[/]: {ev.message}", highlight=False)
+        elif ev.kind == "submitted":
+            self.progress.console.print(f"submitted {ev.message}", highlight=False)
+        if self.task is None:
+            self.task = self.progress.add_task("batch", total=c.total, info="")
+        self.progress.update(self.task, total=c.total, completed=c.done + c.failed,
+                             info=f"{c.running} running, {c.failed} failed")
+
+
+def render_batch_status(status: BatchStatus, max_failed: int = 30) -> Any:
+    """Counts, throughput and ETA, then the failed cases with their reasons."""
+    c = status.counts
+    rate = f"{status.cases_per_hour:.0f} cases/hour" if status.cases_per_hour else "throughput: -"
+    eta = f", ETA {status.eta_s / 60:.1f} min" if status.eta_s else ""
+    parts: list[Any] = [Text.from_markup(
+        f"[green]{c.done} done[/], [red]{c.failed} failed[/], [yellow]{c.running} running[/], {c.pending} pending "
+        f"of {c.total} ({status.launcher}); {rate}{eta}")]
+    if status.failed:
+        table = Table(title="failed cases", title_justify="left")
+        for col in ("case", "attempts", "reason"):
+            table.add_column(col, overflow="fold")
+        for r in status.failed[:max_failed]:
+            table.add_row(r.case_id, str(r.attempts), r.reason or "")
+        parts.append(table)
+        if len(status.failed) > max_failed:
+            parts.append(Text(f"... {len(status.failed) - max_failed} more in batch.json"))
+    return Group(*parts)

@@ -1,0 +1,153 @@
+"""What the batch runner keeps on disk: the batch spec, its cases, per-case claims, failures and completions.
+
+Every record is a frozen dataclass with a format version and ``to_json``/``from_json``; the ledger folder
+(``OUT/ledger/``) holds them as JSON files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from medpipe.errors import InputError, OutputError
+
+SPEC_FORMAT = "medpipe-batch-spec/1"
+CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+
+
+def check_case_id(case_id: str, where: str | Path | None = None) -> str:
+    """A case id names files in the ledger: letters, digits and ``._+-`` only, not starting with a dot."""
+    if not CASE_ID_RE.match(case_id):
+        raise InputError(f"case id {case_id!r} cannot name a file in the ledger",
+                         path=where, hint="use letters, digits and . _ + - (up to 200 characters)")
+    return case_id
+
+
+@dataclass(frozen=True)
+class BatchCase:
+    """One unit of work: a case id and its inputs (NIfTI files in channel order, or one DICOM folder)."""
+
+    case_id: str
+    files: tuple[str, ...] = ()
+    dicom_dir: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case_id": self.case_id, "files": list(self.files), "dicom_dir": self.dicom_dir}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BatchCase:
+        return cls(str(d["case_id"]), tuple(str(f) for f in d.get("files", ())), d.get("dicom_dir"))
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What every worker needs to run the batch: the model, its identity and the inference options.
+
+    ``model_sha256`` and ``config_hash`` are the identity a finished case's sidecar must carry to count as done.
+    ``infer_options`` are passed through to the predictor adapter unchanged (device, overlap, DICOM options...).
+    """
+
+    model: str
+    checkpoint: str
+    model_sha256: str
+    config_hash: str
+    infer_options: dict[str, Any] = field(default_factory=dict)
+    lease_s: float = 60.0
+    case_timeout_s: float | None = None
+    max_attempts: int = 2
+    submitted_at: float = 0.0
+    launcher: str = "local"
+    format: str = SPEC_FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BatchSpec:
+        if d.get("format") != SPEC_FORMAT:
+            raise OutputError(f"batch spec format {d.get('format')!r}, expected {SPEC_FORMAT}",
+                              hint="this ledger was written by another medpipe version")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one case (the content of ``ledger/locks/<case>.lock``); the lease is the file's mtime
+    plus ``lease_s``. ``state`` is ``running``, or ``crashed`` once the launcher saw the worker die."""
+
+    case_id: str
+    token: str
+    worker: str
+    host: str
+    pid: int
+    pid_start: str
+    attempt: int
+    claimed_at: float
+    state: str = "running"
+    reason: str | None = None
+    format: str = "medpipe-batch-lock/1"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Claim:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a case failed (``ledger/failed/<case>.json``): ``kind`` is error (the case itself, not retried),
+    crash (its worker died twice) or timeout."""
+
+    case_id: str
+    kind: str
+    reason: str
+    attempts: int
+    failed_at: float
+    worker: str = ""
+    format: str = "medpipe-batch-failure/1"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Failure:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Completion:
+    """How a finished case was computed (``ledger/done/<case>.json``, written just before its sidecar)."""
+
+    case_id: str
+    worker: str
+    host: str
+    attempt: int
+    claimed_at: float
+    finished_at: float
+    inputs_stat: list[list[int]] = field(default_factory=list)  # [size, mtime_ns] of each input file
+    format: str = "medpipe-batch-done/1"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Completion:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when it is missing or not (yet) a complete JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

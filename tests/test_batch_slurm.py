@@ -1,0 +1,96 @@
+"""`medpipe batch --launcher slurm` on a real one-node Slurm cluster (tests/services/slurm.py): submitit job arrays
+of chunks, every case exactly once; a worker killed mid-case inside an array task, then the whole batch (array
+tasks and submitting command) killed, and the same command finishing it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.batch_cases import (
+    batch_cmd,
+    check_ledger,
+    env,
+    kill_worker_mid_case,
+    locks,
+    start,
+    tiny_cases,
+    tiny_checkpoint,
+    wait_until,
+)
+from tests.services.slurm import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
+
+IDS = [f"case{i:03d}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "run")
+
+
+@pytest.fixture(scope="module")
+def inputs6(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_cases(tmp_path_factory.mktemp("in6"), 6)
+
+
+def _slurm_cmd(model: Path, inputs: Path, out: Path) -> list[str]:
+    return batch_cmd(model, inputs, out, "--launcher", "slurm", "--chunk", "3", "--slurm-partition", "debug",
+                     "--slurm-time", "10", "--slurm-cpus-per-task", "1")
+
+
+@pytest.mark.slow
+def test_slurm_array_batch_finishes_every_case_once(tmp_path: Path, slurm_cluster: SlurmCluster,  # noqa: F811
+                                                    model: Path, inputs6: Path) -> None:
+    out = tmp_path / "out"
+    res = subprocess.run(_slurm_cmd(model, inputs6, out), env=env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "6 done, 0 failed" in res.stdout and "slurm" in res.stdout
+    done = check_ledger(out, IDS)
+    assert {d["attempt"] for d in done.values()} == {1}
+    assert len({d["worker"] for d in done.values()}) == 2  # two array tasks (chunks of 3), one worker each
+    logs = list((out / "logs" / "slurm").rglob("*_log.out"))
+    assert len(logs) == 2  # submitit's per-task logs under OUT/logs/
+    assert json.loads((out / "batch.json").read_text())["launcher"] == "slurm"
+
+
+@pytest.mark.slow
+def test_slurm_worker_killed_then_whole_batch_killed_then_rerun(tmp_path: Path,
+                                                                slurm_cluster: SlurmCluster,  # noqa: F811
+                                                                model: Path, inputs6: Path) -> None:
+    out = tmp_path / "out"
+    cmd = _slurm_cmd(model, inputs6, out)
+    proc = start(cmd, tmp_path / "run1.log")
+    try:
+        killed = kill_worker_mid_case(out, 400)  # inside an array task: retried by a fresh worker there
+        wait_until(lambda: (out / "ledger" / "done" / f"{killed.case_id}.json").exists() and locks(out), 400,
+                   "the killed case recomputed and another case in flight")
+        jobs = slurm_cluster.run("squeue", "--noheader", "--format=%A").split()
+        for claim in locks(out):
+            os.kill(claim.pid, signal.SIGSTOP)  # freeze the workers in flight ...
+        finished_names = {p.stem for p in (out / "predictions").glob("*.json")}
+        in_flight = {c.case_id for c in locks(out)} - finished_names
+        os.killpg(proc.pid, signal.SIGKILL)  # ... then kill the submitting command and every array task
+        for job in jobs:
+            subprocess.run(["scancel", "--full", "--signal=KILL", job], env=env(), check=False)
+        for claim in locks(out):
+            os.kill(claim.pid, signal.SIGKILL)
+        proc.wait(30)
+        subprocess.run(["scancel", *jobs], env=env(), check=False)
+    finally:
+        proc.kill()
+    finished = {p.stem: json.loads((out / "ledger" / "done" / p.name).read_text())
+                for p in (out / "predictions").glob("*.json")}  # the sidecar is the mark of a finished case
+    assert finished[killed.case_id]["attempt"] == 2
+    assert not in_flight & set(finished)
+    res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    done = check_ledger(out, IDS)
+    for cid, rec in finished.items():
+        assert done[cid] == rec  # done before the kill: not recomputed
+    for cid in in_flight:
+        assert done[cid]["attempt"] >= 2  # killed mid-case: recomputed

@@ -92,8 +92,8 @@ def load_nnunet_checkpoint(path: str | Path) -> dict[str, Any]:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        what = found.group(1) if found else (text.strip().splitlines()[0][:160] if text.strip() else "unsafe content")
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+        what = found.group(1) if found else "an object outside the allow-list"
         raise CheckpointError(f"refused: the checkpoint pickles {what}, which is not on nnU-Net's list of plain types",
                               path=path, hint="medpipe never unpickles arbitrary objects") from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:

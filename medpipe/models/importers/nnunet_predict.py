@@ -137,6 +137,17 @@ def keep_largest_components(seg: np.ndarray, labels_or_regions: Sequence[Any]) -
     return seg
 
 
+def _header_spacing(files: Sequence[Path]) -> tuple[float, ...] | None:
+    """NIfTI pixdim spacing, as nnU-Net's readers take it (affine column norms differ in the last float32 bits,
+    which flips nnU-Net's round-half-even shape rule on exact halves)."""
+    if not files or not str(files[0]).endswith((".nii", ".nii.gz")):
+        return None
+    import nibabel as nib
+
+    zooms = nib.load(str(files[0])).header.get_zooms()[:3]
+    return tuple(float(z) for z in zooms)
+
+
 @dataclass
 class CaseResult:
     case_id: str
@@ -199,7 +210,7 @@ class NnunetPredictor:
             loaded = load_case(case, self.record.num_input_channels)
             # medpipe reads (C, I, J, K); nnU-Net's readers hand the network (C, K, J, I) with reversed spacing
             image = np.ascontiguousarray(loaded.array.transpose(0, 3, 2, 1))
-            spacing = tuple(reversed(loaded.grid.spacing_mm))
+            spacing = tuple(reversed(_header_spacing(loaded.files) or loaded.grid.spacing_mm))
             t1 = time.perf_counter()
             labels = self.segment(image, spacing).transpose(2, 1, 0)
             t2 = time.perf_counter()

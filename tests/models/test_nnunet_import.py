@@ -1,5 +1,5 @@
 """nnU-Net v2 import: safe reading, refusals, nnU-Net's tiling arithmetic, geometry of the written masks, and
-agreement with nnU-Net's own predictor (only where ``nnunetv2`` is importable: ``pip install "medpipe[nnunet-verify]"``).
+agreement with nnU-Net's own predictor (only where ``nnunetv2`` is importable: ``medpipe[nnunet-verify]``).
 
 Everything runs on a result folder built here (tests/models/nnunet_fixture.py): a freshly initialised tiny
 PlainConvUNet, anisotropic oblique flipped inputs with a zero frame.
@@ -21,11 +21,11 @@ from medpipe.errors import CheckpointError
 
 pytest.importorskip("dynamic_network_architectures", reason="needs medpipe[nnunet]")
 
-from medpipe.models.importers.nnunet import import_nnunet, load_imported, read_result_folder  # noqa: E402
-from medpipe.models.importers.nnunet_predict import gaussian_weights, predict_nnunet, tile_starts  # noqa: E402
-from medpipe.models.importers.nnunet_preprocess import new_shape_for, separate_axis  # noqa: E402
-from medpipe.models.importers.nnunet_record import NnunetRecord  # noqa: E402
-from tests.models import nnunet_fixture as fx  # noqa: E402
+from medpipe.models.importers.nnunet import import_nnunet, load_imported, read_result_folder
+from medpipe.models.importers.nnunet_predict import gaussian_weights, predict_nnunet, tile_starts
+from medpipe.models.importers.nnunet_preprocess import new_shape_for, separate_axis
+from medpipe.models.importers.nnunet_record import NnunetRecord
+from tests.models import nnunet_fixture as fx
 
 HAVE_NNUNET = importlib.util.find_spec("nnunetv2") is not None
 

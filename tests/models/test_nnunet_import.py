@@ -128,20 +128,32 @@ def test_refuses_unknown_code_names(tiny: dict[str, Path], tmp_path: Path, key: 
         read_result_folder(folder)
 
 
-def test_masks_land_on_the_source_grid(tiny: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_import_then_infer_lands_on_the_source_grid(tiny: dict[str, Path], tmp_path: Path) -> None:
     import SimpleITK as sitk
+    from typer.testing import CliRunner
 
-    results = predict_nnunet(tiny["labels"], [tiny["images"]], tmp_path / "out", tta=False)
-    assert [r.case_id for r in results] == ["caseA", "caseB"]
-    for r in results:
-        src = nib.load(tiny["images"] / f"{r.case_id}_0000.nii.gz")
-        mask = sitk.ReadImage(str(r.output))  # an independent reader
+    from medpipe.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["import-nnunet", str(tiny["labels"]), "-o", str(tmp_path / "imp")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["infer-nnunet", str(tmp_path / "imp"), str(tiny["images"]), "-o", str(tmp_path / "out"),
+                              "--no-tta", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    for case_id in ("caseA", "caseB"):
+        output = tmp_path / "out" / f"{case_id}.nii.gz"
+        src = nib.load(tiny["images"] / f"{case_id}_0000.nii.gz")
+        mask = sitk.ReadImage(str(output))  # an independent reader
         assert mask.GetSize() == src.shape
         assert np.allclose(mask.GetSpacing(), src.header.get_zooms(), atol=1e-5)
         labels = sitk.GetArrayFromImage(mask)
         assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2} and len(np.unique(labels)) > 1
-        frame = np.asarray(nib.load(r.output).dataobj)[:2]  # the zero frame is cropped away by nnU-Net: background
-        assert not frame.any()
+        assert np.allclose(nib.load(output).affine, src.affine, atol=1e-4)
+    frame = np.asarray(nib.load(tmp_path / "out" / "caseA.nii.gz").dataobj)[:2]
+    assert not frame.any()  # the zero frame is cropped away by nnU-Net's crop to non-zero: background
+    res = runner.invoke(app, ["infer-nnunet", str(tiny["labels"]), str(tiny["images"]), "-o", str(tmp_path / "o2"),
+                              "--folds", "3"])
+    assert res.exit_code == 1 and "fold_3" in res.output
 
 
 def _dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:

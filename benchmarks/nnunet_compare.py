@@ -102,6 +102,7 @@ def main() -> None:
         a = np.asarray(nib.load(work / "medpipe" / cid / f"{cid}.nii.gz").dataobj)
         b = np.asarray(nib.load(work / "nnunet" / cid / f"{cid}.nii.gz").dataobj)
         rows.append((cid, best["nnunet"], best["medpipe"], int((a != b).sum()), a.size, dice_per_label(a, b)))
+        print(f"{cid}: {rows[-1]}", flush=True)
 
     tta = "off" if args.no_tta else "on"
     print(f"\nfolds {' '.join(args.folds)}, TTA {tta}, load average {os.getloadavg()[0]:.1f}")

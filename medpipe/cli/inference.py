@@ -16,7 +16,7 @@ from medpipe.errors import MedpipeError
 def infer(
     run: Annotated[Path, typer.Argument(help="Run folder (best.pt) or a checkpoint file.")],
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, folders of them, or DICOM folders.")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <case>.nii.gz + <case>.json.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <case>.nii.gz, .json, .lesions.csv.")],
     device: Device = "auto",
     overlap: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = None,
     sw_batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per forward pass.")] = None,
@@ -25,6 +25,8 @@ def infer(
     allow_tilt: Annotated[bool, typer.Option(help="DICOM: resample gantry-tilted stacks.")] = False,
     allow_uneven: Annotated[bool, typer.Option(help="DICOM: resample uneven slice spacing.")] = False,
     allow_non_hu: Annotated[bool, typer.Option(help="CT models: segment inputs that do not look like HU.")] = False,
+    min_lesion_ml: Annotated[float | None, typer.Option(
+        min=0.0, help="Lesion table: leave out components below this volume (mL; default: the config's).")] = None,
 ) -> None:
     """Segment scans; masks land exactly on each input's grid."""
     from medpipe.cli.render import case_progress, render_infer
@@ -35,7 +37,7 @@ def infer(
         with case_progress(err_console, "segmenting") as on_case:
             result = run_infer(run, inputs, out_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
                                overwrite=overwrite, dicom_options=dicom_options, allow_non_hu=allow_non_hu,
-                               on_case=on_case)
+                               min_lesion_ml=min_lesion_ml, on_case=on_case)
         render_infer(out, result)
         if len(result.cases) == 1 and result.n_failed:
             raise MedpipeError(result.cases[0].error or "failed")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.errors import InputError, MedpipeError
+from medpipe.evaluation.lesions import write_lesions
 from medpipe.inference.export import write_mask
 from medpipe.inference.inputs import InputCase, collect_inputs, ct_intensity_check, load_case
 from medpipe.inference.predictor import Predictor, find_checkpoint
@@ -43,14 +44,17 @@ class InferResult:
 
 def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto", overlap: float | None = None,
           sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: dict[str, Any] | None = None,
-          allow_non_hu: bool = False,
+          allow_non_hu: bool = False, min_lesion_ml: float | None = None,
           on_case: Callable[[CaseResult, int, int], None] | None = None) -> InferResult:
     """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``).
 
     For CT models (``ct_window`` intensity) each case must look like CT in HU (:func:`ct_intensity_check`)
-    unless ``allow_non_hu``."""
+    unless ``allow_non_hu``. Beside each mask, ``<case>.lesions.csv`` lists its lesions (components of at least
+    ``min_lesion_ml``, default: the config's ``inference.min_lesion_ml``)."""
     ensure_writable_dir(out_dir)
     seg = Predictor(find_checkpoint(run), device, overlap, sw_batch_size)
+    if min_lesion_ml is not None:  # part of the config, so of its hash: a changed minimum recomputes the cases
+        seg.cfg = seg.cfg.with_overrides(inference={"min_lesion_ml": min_lesion_ml})
     cases = collect_inputs(inputs, seg.cfg.channels)
     if not cases:
         raise InputError("no input images found", path=", ".join(str(p) for p in inputs))
@@ -69,9 +73,9 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
 def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool = False,
              dicom_options: dict[str, Any] | None = None, allow_non_hu: bool = False,
              reserved: set[str] | None = None) -> CaseResult:
-    """Segment one case into ``out_dir`` (mask + sidecar, each written atomically). Never raises a MedpipeError:
-    a bad case comes back as ``status="failed"`` with the reason. ``reserved``: case ids already written by this
-    batch (a second input with the same id is refused; the id is added)."""
+    """Segment one case into ``out_dir`` (mask, lesion table, sidecar; each written atomically). Never raises a
+    MedpipeError: a bad case comes back as ``status="failed"`` with the reason. ``reserved``: case ids already
+    written by this batch (a second input with the same id is refused; the id is added)."""
     seen = reserved if reserved is not None else set()
     t0 = time.perf_counter()
     shown = case.case_id or "DICOM series"
@@ -90,6 +94,8 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
         if hu is not None:
             details["intensity_check"] = hu
         mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", labels, loaded.grid)
+        details["lesions"] = write_lesions(out_dir / f"{loaded.case_id}.lesions.csv", labels, loaded.grid,
+                                           seg.cfg.labels, seg.cfg.inference.min_lesion_ml)
         seconds = time.perf_counter() - t0
         write_json_atomic(out_dir / f"{loaded.case_id}.json", build_sidecar(seg, loaded, mask, details, seconds))
         return CaseResult(loaded.case_id, "ok", mask, seconds=seconds)

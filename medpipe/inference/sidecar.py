@@ -33,7 +33,7 @@ def build_sidecar(seg: Predictor, case: LoadedCase, mask: Path, details: dict[st
 
 def already_done(out_dir: Path, case: LoadedCase, seg: Predictor) -> Path | None:
     mask, side = out_dir / f"{case.case_id}.nii.gz", out_dir / f"{case.case_id}.json"
-    if not (mask.is_file() and side.is_file()):
+    if not (mask.is_file() and side.is_file() and (out_dir / f"{case.case_id}.lesions.csv").is_file()):
         return None
     try:
         meta = json.loads(side.read_text())

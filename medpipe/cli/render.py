@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from medpipe.datasets.check import CheckReport
+from medpipe.evaluation.detection import DetectionResult
 from medpipe.evaluation.evaluate import EvaluationResult
 from medpipe.evaluation.report import caption_text, fmt_stat, label_title
 from medpipe.inference.batch import CaseResult, InferResult
@@ -199,3 +200,15 @@ def render_check(report: CheckReport, max_rows: int = 40) -> Any:
                       f"{fp['spacing_mm'].get('median')} mm: {len(report.errors)} errors, "
                       f"{len(report.warnings)} warnings"))
     return Group(*lines)
+
+
+def render_detection(det: DetectionResult) -> Table:
+    """Lesion detection per label: counts, sensitivity, precision, F1, FROC CPM; the rule and score as caption."""
+    table = Table(title="Lesion detection", caption=f"{det.rule.describe()}; FROC score: {det.score}",
+                  caption_justify="left")
+    for col in ("label", "ref", "pred", "TP", "FP", "FN", "sensitivity", "precision", "F1", "CPM"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for d in det.labels:
+        table.add_row(label_title(d.label, d.label_name), *(str(v) for v in (d.n_ref, d.n_pred, d.tp, d.fp, d.fn)),
+                      *(f"{v:.3f}" for v in (d.sensitivity, d.precision, d.f1, d.cpm)))
+    return table

@@ -6,6 +6,6 @@ the order ``medpipe --help`` lists them.
 # ruff: noqa: I001  (registration order is the order of the help listing)
 
 from medpipe.cli.app import app, main
-from medpipe.cli import training, inference, evaluation, datasets, dicom
+from medpipe.cli import training, inference, evaluation, datasets, dicom, explain
 
-__all__ = ["app", "datasets", "dicom", "evaluation", "inference", "main", "training"]
+__all__ = ["app", "datasets", "dicom", "evaluation", "explain", "inference", "main", "training"]

@@ -147,6 +147,7 @@ def test_infer_writes_lesion_table_and_sidecar_entry(tmp_path: Path) -> None:
     side = json.loads((tmp_path / "out" / "case_a.json").read_text())
     assert side["lesions"]["file"] == "case_a.lesions.csv" and side["lesions"]["min_volume_ml"] == 0.01
     assert side["lesions"]["labels"]["1"]["count"] == len(expected.lesions) > 0
+    assert "lesions" in res.output  # the terminal table has a lesions column
     # a re-run skips the case; a lost lesion table makes it run again
     (tmp_path / "out" / "case_a.lesions.csv").unlink()
     res = CliRunner().invoke(app, [*args, "--min-lesion-ml", "0.01"])

@@ -92,12 +92,12 @@ def case_progress(console: Console, verb: str) -> Iterator[Callable[[CaseResult,
 def render_infer(console: Console, result: InferResult) -> None:
     """A table of cases with status, seconds and the mask written (or the error)."""
     table = Table(title="medpipe infer", show_lines=False)
-    for col in ("case", "status", "seconds", "mask / error"):
+    for col in ("case", "status", "seconds", "lesions", "mask / error"):
         table.add_column(col)
     style = {"ok": "green", "skipped": "cyan", "failed": "red"}
     for c in result.cases:
         table.add_row(c.case_id, f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}",
-                      str(c.mask) if c.mask else (c.error or ""))
+                      "" if c.lesions is None else str(c.lesions), str(c.mask) if c.mask else (c.error or ""))
     console.print(table)
 
 

@@ -31,6 +31,8 @@ class CaseResult:
     mask: Path | None = None
     error: str | None = None
     seconds: float = 0.0
+    #: Lesions listed in ``<case>.lesions.csv`` (all labels); None when not computed in this run.
+    lesions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
                                            seg.cfg.labels, seg.cfg.inference.min_lesion_ml)
         seconds = time.perf_counter() - t0
         write_json_atomic(out_dir / f"{loaded.case_id}.json", build_sidecar(seg, loaded, mask, details, seconds))
-        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds)
+        n_lesions = sum(v["count"] for v in details["lesions"]["labels"].values())
+        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds, lesions=n_lesions)
     except MedpipeError as err:
         return CaseResult(shown, "failed", error=str(err), seconds=time.perf_counter() - t0)
 

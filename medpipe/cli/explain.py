@@ -17,7 +17,7 @@ def explain(
     scan: Annotated[Path, typer.Argument(help="One scan: NIfTI file(s) of one case, or a DICOM folder.")],
     label: Annotated[str, typer.Option(help="Label to explain: value or name (e.g. 1 or kidney).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the maps (NIfTI, PNG, JSON).")],
-    device: Device = "cpu",
+    device: Device = "auto",
     mask: Annotated[Path | None, typer.Option(help="Score inside this label map instead of the prediction.")] = None,
     layer: Annotated[str | None, typer.Option(help="Grad-CAM layer (module name); default: half resolution.")] = None,
     samples: Annotated[int, typer.Option(min=1, help="SmoothGrad: noisy copies per window.")] = 8,

@@ -91,7 +91,7 @@ def write_map(path: Path, data: np.ndarray, grid: Grid) -> Path:
     return path
 
 
-def explain(run: Path, scan: Path, label: str | int, out_dir: Path, *, device: str = "cpu",
+def explain(run: Path, scan: Path, label: str | int, out_dir: Path, *, device: str = "auto",
             target_mask: Path | None = None, layer: str | None = None, n_samples: int = 8, noise: float = 0.15,
             margin_mm: float = 10.0) -> ExplainResult:
     """Explain label ``label`` of the model in ``run`` on ``scan`` into ``out_dir``.

@@ -106,6 +106,8 @@ class InferenceConfig:
     blend: Literal["gaussian", "constant"] = "gaussian"
     amp: bool = True
     keep_largest: tuple[int, ...] = ()
+    #: Lesion table (``<case>.lesions.csv``): connected components below this volume (mL) are not listed.
+    min_lesion_ml: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,8 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         raise bad("transforms.patch_size_vox", "patch sizes must be positive")
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise bad("inference.overlap", f"must be in [0, 1), found {cfg.inference.overlap}")
+    if cfg.inference.min_lesion_ml < 0:
+        raise bad("inference.min_lesion_ml", f"must be at least 0, found {cfg.inference.min_lesion_ml}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise bad("data.val_fraction", f"must be in (0, 1), found {cfg.data.val_fraction}")
     for name, values in cfg.regions.items():

@@ -6,10 +6,10 @@ the order ``medpipe --help`` lists them.
 # ruff: noqa: I001  (registration order is the order of the help listing)
 
 from medpipe.cli.app import app
-from medpipe.cli import training, inference, evaluation, datasets, dicom, dicomweb, models, nnunet, batch
+from medpipe.cli import training, inference, evaluation, datasets, dicom, dicomweb, models, nnunet, batch, explain
 
-__all__ = ["app", "batch", "datasets", "dicom", "dicomweb", "evaluation", "inference", "main", "models", "nnunet",
-           "training"]
+__all__ = ["app", "batch", "datasets", "dicom", "dicomweb", "evaluation", "explain", "inference", "main", "models",
+           "nnunet", "training"]
 
 
 def main() -> None:

@@ -24,16 +24,25 @@ def evaluate(
     nsd_tol: Annotated[str | None, typer.Option(help='NSD tolerance in mm: "2" or per label "1=1.0,2=2.5".')] = None,
     surface: Annotated[str, typer.Option(help="surfel (surface-distance, default) or voxel (MONAI).")] = "surfel",
     lesions: Annotated[bool | None, typer.Option("--lesions/--no-lesions", help="Lesion-wise scoring.")] = None,
+    detection: Annotated[bool, typer.Option(help="Lesion detection: TP/FP/FN, sensitivity, F1, FROC.")] = False,
+    match: Annotated[str, typer.Option(help="Detection matching: overlap (IoU > --iou) or centroid.")] = "overlap",
+    iou: Annotated[float, typer.Option(min=0.0, max=0.99, help="Detection: IoU threshold (overlap).")] = 0.1,
+    distance_mm: Annotated[float, typer.Option(min=0.0, help="Detection: centroid distance (mm).")] = 10.0,
+    min_lesion_ml: Annotated[float, typer.Option(min=0.0, help="Detection: smallest lesion (mL).")] = 0.0,
 ) -> None:
     """Dice, IoU, HD95, ASSD, NSD, volumes per case and label; metrics.csv, summary.json and report.html."""
-    from medpipe.cli.render import render_table
+    from medpipe.cli.render import render_detection, render_table
+    from medpipe.evaluation.detection import MatchRule
     from medpipe.evaluation.evaluate import evaluate as run_evaluate
 
     with handled():
         names = parse_labels(labels) if labels else (load_cli_config(config).labels if config else None)
+        rule = MatchRule(match, iou, distance_mm, min_lesion_ml) if detection else None  # type: ignore[arg-type]
         result = run_evaluate(
             pred, ref, out_dir, labels=names, preset=preset, image=image, resample=resample, surface=surface,
-            nsd_tolerance_mm=parse_tolerances(nsd_tol) if nsd_tol else None, lesions=lesions,
+            nsd_tolerance_mm=parse_tolerances(nsd_tol) if nsd_tol else None, lesions=lesions, detection=rule,
         )
         out.print(render_table(result))
+        if result.detection is not None:
+            out.print(render_detection(result.detection))
     out.print(f"report: {out_dir / 'report.html'}")

@@ -16,7 +16,7 @@ from medpipe.errors import MedpipeError
 def infer(
     run: Annotated[Path, typer.Argument(help="Run folder (best.pt), a checkpoint file, or a package (.zip).")],
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files, folders of them, or DICOM folders.")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <case>.nii.gz + <case>.json.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <case>.nii.gz, .json, .lesions.csv.")],
     device: Device = "auto",
     overlap: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = None,
     sw_batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per forward pass.")] = None,
@@ -34,6 +34,8 @@ def infer(
     netrc_file: NetrcFile = None,
     insecure: Insecure = False,
     engine: Annotated[str, typer.Option(help="torch, or onnxruntime (packages made with --onnx; CPU).")] = "torch",
+    min_lesion_ml: Annotated[float | None, typer.Option(
+        min=0.0, help="Lesion table: leave out components below this volume (mL; default: the config's).")] = None,
 ) -> None:
     """Segment scans; masks land exactly on each input's grid."""
     from medpipe.cli.render import case_progress, render_infer
@@ -50,7 +52,7 @@ def infer(
             result = run_infer(run, inputs, out_dir, device=device, overlap=overlap, sw_batch_size=sw_batch_size,
                                overwrite=overwrite, dicom_options=DicomOptions(series, allow_tilt, allow_uneven),
                                allow_non_hu=allow_non_hu, formats=formats, seg_type=seg_type, push=target,
-                               engine=engine, on_case=on_case)
+                               engine=engine, min_lesion_ml=min_lesion_ml, on_case=on_case)
         for note in result.notices:
             err_console.print(note, markup=False, highlight=False)
         render_infer(out, result)

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from medpipe.batch.status import BatchEvent, BatchStatus
 from medpipe.datasets.check import CheckReport
+from medpipe.evaluation.detection import DetectionResult
 from medpipe.evaluation.report import caption_text, fmt_stat, label_title
 from medpipe.evaluation.result import EvaluationResult
 from medpipe.inference.batch import CaseResult, InferResult
@@ -93,14 +94,15 @@ def case_progress(console: Console, verb: str) -> Iterator[Callable[[CaseResult,
 def render_infer(console: Console, result: InferResult) -> None:
     """A table of cases with status, seconds and the mask written (or the error)."""
     table = Table(title="medpipe infer", show_lines=False)
-    for col in ("case", "status", "seconds", "mask / error"):
+    for col in ("case", "status", "seconds", "lesions", "mask / error"):
         table.add_column(col)
     style = {"ok": "green", "skipped": "cyan", "failed": "red"}
     for c in result.cases:
         shown = (c.error or "") if c.status == "failed" else str(c.mask or "")
         if c.push is not None and c.push.ok:
             shown += f" (SEG pushed to {c.push.server})"
-        table.add_row(c.case_id, f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}", shown)
+        table.add_row(c.case_id, f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}",
+                      "" if c.lesions is None else str(c.lesions), shown)
     console.print(table)
 
 
@@ -328,3 +330,15 @@ def render_batch_status(status: BatchStatus, max_failed: int = 30) -> Any:
         if len(status.failed) > max_failed:
             parts.append(Text(f"... {len(status.failed) - max_failed} more in batch.json"))
     return Group(*parts)
+
+
+def render_detection(det: DetectionResult) -> Table:
+    """Lesion detection per label: counts, sensitivity, precision, F1, FROC CPM; the rule and score as caption."""
+    table = Table(title="Lesion detection", caption=f"{det.rule.describe()}; FROC score: {det.score}",
+                  caption_justify="left")
+    for col in ("label", "ref", "pred", "TP", "FP", "FN", "sensitivity", "precision", "F1", "CPM"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for d in det.labels:
+        table.add_row(label_title(d.label, d.label_name), *(str(v) for v in (d.n_ref, d.n_pred, d.tp, d.fp, d.fn)),
+                      *(f"{v:.3f}" for v in (d.sensitivity, d.precision, d.f1, d.cpm)))
+    return table

@@ -13,6 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from medpipe.errors import ConfigError, GeometryError, InputError
+from medpipe.evaluation.detection import (
+    SCORE_PROBABILITY,
+    SCORE_VOLUME,
+    DetectedLesion,
+    MatchRule,
+    detect_case,
+    listed_scores,
+    rows_for,
+    summarize_detection,
+)
 from medpipe.evaluation.metrics.empty import EmptyPolicy
 from medpipe.evaluation.metrics.regions import Region, get_preset, tolerance_for
 from medpipe.evaluation.metrics.scoring import MetricRow, score_arrays
@@ -127,6 +137,7 @@ def evaluate(
     surface: str = "surfel",
     policy: EmptyPolicy | None = None,
     lesions: bool | None = None,
+    detection: MatchRule | None = None,
     progress: Progress | None = None,
 ) -> EvaluationResult:
     """Score ``pred`` against ``ref`` (two NIfTI label maps, or two folders matched by case name).
@@ -140,7 +151,9 @@ def evaluate(
     ``brats``). Grids must match unless ``resample`` (nearest neighbour onto the reference grid). With
     ``out_dir``, writes ``metrics.csv``, ``summary.json``, ``report.html`` (and ``lesions.csv``) atomically,
     after all cases are scored. ``image``: a file or a folder of ``<case>.nii.gz``/``<case>_0000.nii.gz`` for
-    tri-planar overlays in the report.
+    tri-planar overlays in the report. ``detection``: lesion detection metrics and FROC per label under this
+    matching rule (:mod:`medpipe.evaluation.detection`; scores from ``<case>.lesions.csv`` beside the
+    predictions when they hold probabilities, else lesion volumes), written to ``detection.csv`` and the report.
     """
     chosen = get_preset(preset)
     if surface not in CONVENTIONS:
@@ -163,6 +176,9 @@ def evaluate(
     tolerances: dict[int, float] = {}
     no_image: list[str] = []
     names = {k: v for k, v in labels.items() if k != 0} if labels is not None else None
+    found: list[DetectedLesion] = []
+    listed = listed_scores(Path(pred) if Path(pred).is_dir() else Path(pred).parent,
+                           [c for c, _, _ in pairs]) if detection is not None else None
     t0 = time.perf_counter()
     for i, (case, pred_path, ref_path) in enumerate(pairs):
         p, r, grid, was_resampled = _load_pair(pred_path, ref_path, allowed, resample, grid_differences, case)
@@ -174,6 +190,10 @@ def evaluate(
             tolerances[region.id] = tolerance_for(region, nsd_tolerance_mm)
         rows += score_arrays(p, r, grid.spacing_mm, regions, metrics=metrics, case=case, policy=policy,
                              surface=surface, nsd_tolerance_mm=nsd_tolerance_mm, lesion_rule=rule)
+        if detection is not None:
+            found += [les for region in regions for les in detect_case(
+                case, np.isin(p, region.values), np.isin(r, region.values), grid, region.id, region.name, detection,
+                rows_for(listed[case], region.values) if listed is not None else None)]
         if image is not None:
             img_path = _image_for(Path(image), case, len(pairs) == 1)
             if img_path is None:
@@ -203,6 +223,8 @@ def evaluate(
     result = EvaluationResult(
         rows=tuple(rows), summary=summarize(rows), cases=tuple(c for c, _, _ in pairs),
         missing_predictions=tuple(missing), resampled=tuple(resampled), settings=settings, overlays=overlays,
+        detection=None if detection is None else summarize_detection(
+            found, len(pairs), detection, SCORE_PROBABILITY if listed is not None else SCORE_VOLUME),
     )
     if out_dir is None:
         return result

@@ -256,6 +256,10 @@ def render_html(result: EvaluationResult) -> str:
         parts += ["<h2>Lesion-wise (BraTS-2023 rules)</h2>", _table(
             ["label", "lesion Dice", "lesion HD95 mm", "ref lesions", "TP", "FN", "FP", "sensitivity",
              "FP / case"], les)]
+    if result.detection is not None:
+        from medpipe.evaluation.report_detection import detection_html
+
+        parts.append(detection_html(result.detection))
     parts += ["<h2>Distribution per label</h2>", _img(boxplots_png(result), "box plots per label")]
     policy = "".join(f"<li>{e(line)}</li>" for line in s.empty_policy.describe())
     parts.append(f"<h2>Definitions</h2><div class=note><ul>{policy}<li>{e(_DEFINITIONS[s.surface])}</li>"
@@ -311,6 +315,11 @@ def write_report(result: EvaluationResult, out_dir: Path) -> EvaluationResult:
     if any(r.lesions is not None for r in result.rows):
         paths["lesions_csv"] = out_dir / "lesions.csv"
         write_text_atomic(paths["lesions_csv"], lesions_csv(result.rows))
+    if result.detection is not None:
+        from medpipe.evaluation.report_detection import detection_csv
+
+        paths["detection_csv"] = out_dir / "detection.csv"
+        write_text_atomic(paths["detection_csv"], detection_csv(result.detection))
     write_json_atomic(paths["summary_json"], summary_json(result))
     write_text_atomic(paths["report_html"], html_text)
     return dataclasses.replace(result, paths=paths)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.errors import InputError
+from medpipe.evaluation.detection import DetectionResult
 from medpipe.evaluation.metrics.empty import EmptyPolicy
 from medpipe.evaluation.metrics.lesions import LesionRule
 from medpipe.evaluation.metrics.scoring import MetricRow
@@ -169,6 +170,7 @@ class EvaluationResult:
     settings: EvaluationSettings
     paths: dict[str, Path] = field(default_factory=dict)
     overlays: dict[str, bytes] = field(default_factory=dict, repr=False)
+    detection: DetectionResult | None = None
 
     @property
     def empty_counts(self) -> dict[int, dict[str, int]]:
@@ -189,12 +191,14 @@ class EvaluationSummary:
     missing_predictions: tuple[str, ...]
     resampled_cases: tuple[str, ...]
     labels: dict[int, LabelSummary]
+    detection: dict[str, Any] | None = None
     format: str = field(default=SUMMARY_FORMAT)
 
     @classmethod
     def of(cls, result: EvaluationResult, version: str) -> EvaluationSummary:
+        det = result.detection.to_json() if result.detection is not None else None
         return cls(version, result.settings, result.cases, result.missing_predictions, result.resampled,
-                   result.summary)
+                   result.summary, det)
 
     def to_json(self) -> dict[str, Any]:
         doc = json_safe({
@@ -207,6 +211,7 @@ class EvaluationSummary:
             "resampled_cases": list(self.resampled_cases),
             "empty_counts": {str(k): dict(v.empty) for k, v in self.labels.items()},
             "labels": {str(k): v.to_json() for k, v in self.labels.items()},
+            **({"detection": self.detection} if self.detection is not None else {}),
         })
         return doc if isinstance(doc, dict) else {}
 
@@ -217,4 +222,4 @@ class EvaluationSummary:
                              hint=f"this medpipe writes {SUMMARY_FORMAT}")
         return cls(str(d["medpipe_version"]), EvaluationSettings.from_json(d["settings"]), tuple(d["cases"]),
                    tuple(d["missing_predictions"]), tuple(d["resampled_cases"]),
-                   {int(k): LabelSummary.from_json(v) for k, v in d["labels"].items()})
+                   {int(k): LabelSummary.from_json(v) for k, v in d["labels"].items()}, d.get("detection"))

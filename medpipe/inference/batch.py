@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medpipe.errors import InputError, MedpipeError
+from medpipe.evaluation.lesions import write_lesions
 from medpipe.inference import dicom_outputs
 from medpipe.inference.export import write_mask
 from medpipe.inference.inputs import InputCase, LoadedCase, collect_inputs, ct_intensity_check, load_case
@@ -48,6 +49,8 @@ class CaseResult:
     error: str | None = None
     seconds: float = 0.0
     push: CasePush | None = None
+    #: Lesions listed in ``<case>.lesions.csv`` (all labels); None when not computed in this run.
+    lesions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class InferResult:
 def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto", overlap: float | None = None,
           sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: DicomOptions | None = None,
           allow_non_hu: bool = False, formats: tuple[str, ...] = ("nifti",), seg_type: str = "binary",
-          push: PushTarget | None = None, engine: str = "torch",
+          push: PushTarget | None = None, engine: str = "torch", min_lesion_ml: float | None = None,
           on_case: Callable[[CaseResult, int, int], None] | None = None) -> InferResult:
     """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``, and for DICOM series the
     ``formats`` ``dicom-seg`` -> ``<case>.seg.dcm`` (``seg_type`` binary or labelmap), ``rtstruct`` ->
@@ -73,11 +76,15 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
     For CT models (``ct_window`` intensity) each case must look like CT in HU (:func:`ct_intensity_check`)
     unless ``allow_non_hu``. With ``push``, each case that is ok or skipped then sends its ``<case>.seg.dcm``
     to the DICOMweb server (:mod:`medpipe.inference.push`); a failed push fails the case. ``run`` may be a
-    medpipe package (``.zip`` or folder); ``engine`` torch or onnxruntime (packages with ONNX files, CPU)."""
+    medpipe package (``.zip`` or folder); ``engine`` torch or onnxruntime (packages with ONNX files, CPU).
+    Beside each mask, ``<case>.lesions.csv`` lists its lesions (components of at least ``min_lesion_ml``,
+    default: the config's ``inference.min_lesion_ml``)."""
     if push is not None:
         preflight(push)
     ensure_writable_dir(out_dir)
     seg = Predictor(find_checkpoint(run), device, overlap, sw_batch_size, engine)
+    if min_lesion_ml is not None:  # part of the config, so of its hash: a changed minimum recomputes the cases
+        seg.cfg = seg.cfg.with_overrides(inference={"min_lesion_ml": min_lesion_ml})
     cases = collect_inputs(inputs, seg.cfg.channels)
     if not cases:
         raise InputError("no input images found", path=", ".join(str(p) for p in inputs))
@@ -101,7 +108,7 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
              reserved: set[str] | None = None, formats: tuple[str, ...] = ("nifti",),
              seg_type: str = "binary") -> CaseResult:
     """Segment one case into ``out_dir`` (mask, DICOM ``formats``, then the sidecar, each written atomically; the
-    sidecar records them under ``outputs``). Never raises a MedpipeError:
+    lesion table; the sidecar records them). Never raises a MedpipeError:
     a bad case comes back as ``status="failed"`` with the reason. ``reserved``: case ids already written by this
     batch (a second input with the same id is refused; the id is added)."""
     seen = reserved if reserved is not None else set()
@@ -142,10 +149,12 @@ def _run_case(seg: Predictor, case: InputCase, out_dir: Path, overwrite: bool, d
         mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", labels, loaded.grid)
         written = dicom_outputs.write_dicom_outputs(loaded, labels, out_dir, formats, cfg=seg.cfg,
                                                     model_sha256=seg.model_sha256, seg_type=seg_type)
+        lesions = write_lesions(out_dir / f"{loaded.case_id}.lesions.csv", labels, loaded.grid, seg.cfg.labels,
+                                seg.cfg.inference.min_lesion_ml)
         seconds = time.perf_counter() - t0
-        side = build_sidecar(seg, loaded, mask, details, seconds, hu, written)
+        side = replace(build_sidecar(seg, loaded, mask, details, seconds, hu, written), lesions=lesions)
         write_json_atomic(out_dir / f"{loaded.case_id}.json", side.to_json())
-        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds)
+        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds, lesions=lesions.n_lesions)
     except MedpipeError as err:
         return CaseResult(shown, "failed", error=str(err), seconds=time.perf_counter() - t0)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.errors import InputError
+from medpipe.evaluation.lesions import LesionSummary
 from medpipe.inference.inputs import InputProvenance, LoadedCase
 from medpipe.io.dicom.seg import DicomOutput
 from medpipe.io.geometry import Grid
@@ -133,6 +134,7 @@ class InferenceSidecar:
     status: str = "ok"
     dicomweb_push: CasePush | None = None
     dicom_outputs: dict[str, DicomOutput] = field(default_factory=dict)
+    lesions: LesionSummary | None = None
     format: str = field(default=SIDECAR_FORMAT)
 
     def to_json(self) -> dict[str, Any]:
@@ -156,6 +158,8 @@ class InferenceSidecar:
             out["intensity_check"] = self.intensity_check.to_json()
         out["seconds_total"] = self.seconds_total
         out["versions"] = dict(self.versions)
+        if self.lesions is not None:
+            out["lesions"] = self.lesions.to_json()
         if self.dicomweb_push is not None:
             out["dicomweb_push"] = self.dicomweb_push.to_json()
         return out
@@ -165,7 +169,7 @@ class InferenceSidecar:
         if d.get("format") != SIDECAR_FORMAT:
             raise InputError(f"unknown sidecar format {d.get('format')!r}",
                              hint=f"this medpipe writes {SIDECAR_FORMAT}")
-        hu, push = d.get("intensity_check"), d.get("dicomweb_push")
+        hu, push, les = d.get("intensity_check"), d.get("dicomweb_push"), d.get("lesions")
         return cls(
             case=str(d["case"]), mask=str(d["mask"]), input_sha256=str(d["input_sha256"]),
             model=ModelRef.from_json(d["model"]), config_hash=str(d["config_hash"]),
@@ -176,6 +180,7 @@ class InferenceSidecar:
             intensity_check=HuCheck.from_json(hu) if isinstance(hu, dict) else None, status=str(d["status"]),
             dicomweb_push=CasePush.from_json(push) if isinstance(push, dict) else None,
             dicom_outputs={k: DicomOutput.from_json(v) for k, v in d.get("outputs", {}).items() if k != "nifti"},
+            lesions=LesionSummary.from_json(les) if isinstance(les, dict) else None,
         )
 
 
@@ -199,4 +204,5 @@ def already_done(out_dir: Path, case: LoadedCase, model_sha256: str, config_hash
             and side.model.sha256 == model_sha256 and side.status == "ok")
     outputs = all(f in side.dicom_outputs and (out_dir / side.dicom_outputs[f].file).is_file()
                   for f in formats if f != "nifti")
-    return mask if same and outputs else None
+    tables = (out_dir / f"{case.case_id}.lesions.csv").is_file()
+    return mask if same and outputs and tables else None

@@ -1,0 +1,35 @@
+"""``medpipe explain``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medpipe.cli.app import app, handled, out
+from medpipe.cli.options import Device
+
+
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="Run folder (best.pt) or a checkpoint file.")],
+    scan: Annotated[Path, typer.Argument(help="One scan: NIfTI file(s) of one case, or a DICOM folder.")],
+    label: Annotated[str, typer.Option(help="Label to explain: value or name (e.g. 1 or kidney).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the maps (NIfTI, PNG, JSON).")],
+    device: Device = "auto",
+    mask: Annotated[Path | None, typer.Option(help="Score inside this label map instead of the prediction.")] = None,
+    layer: Annotated[str | None, typer.Option(help="Grad-CAM layer (module name); default: half resolution.")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="SmoothGrad: noisy copies per window.")] = 8,
+    noise: Annotated[float, typer.Option(min=0.0, help="SmoothGrad: noise sd / intensity range.")] = 0.15,
+) -> None:
+    """Grad-CAM and SmoothGrad maps of one label, scored inside its mask; NIfTI on the scan's grid + PNGs."""
+    from medpipe.explain.run import explain as run_explain
+
+    with handled():
+        res = run_explain(run, scan, label, out_dir, device=device, target_mask=mask, layer=layer,
+                          n_samples=samples, noise=noise)
+    out.print(f"explained {res.label} {res.label_name} of {res.case}: layer {res.layer}, {res.windows} window(s), "
+              f"{res.seconds:.1f} s")
+    for name in res.files.values():
+        out.print(f"  {out_dir / name}")

@@ -1,0 +1,146 @@
+"""``medpipe explain``: Grad-CAM and SmoothGrad maps for one label of a trained model on one scan, written as
+NIfTI on the scan's own grid and as PNG overlays (three planes through the structure), plus a JSON record."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import SpatialResample
+
+from medpipe.errors import InputError
+from medpipe.explain.figures import overlay_png
+from medpipe.explain.maps import explain_network
+from medpipe.inference.inputs import collect_inputs, load_case
+from medpipe.inference.predictor import Predictor, find_checkpoint
+from medpipe.io.atomic import atomic_path, ensure_writable_dir, write_bytes_atomic, write_json_atomic
+from medpipe.io.geometry import Grid, grid_of, require_same_grid
+from medpipe.io.nifti import load_label
+from medpipe.labels import label_scores
+from medpipe.runtime import versions
+from medpipe.transforms import preprocess
+
+EXPLAIN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    """What was explained and where the maps are. ``target``: how the scored region was chosen."""
+
+    case: str
+    label: int
+    label_name: str
+    target: str
+    target_voxels_network: int
+    layer: str
+    windows: int
+    smoothgrad_samples: int
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    format_version: int = EXPLAIN_FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": self.format_version, "case": self.case, "label": self.label,
+                "label_name": self.label_name, "target": self.target,
+                "target_voxels_network": self.target_voxels_network, "layer": self.layer, "windows": self.windows,
+                "smoothgrad_samples": self.smoothgrad_samples, "files": self.files, "seconds": self.seconds,
+                "maps": "scaled to [0, 1] by their maximum; resampled (linear) onto the scan's grid"}
+
+
+def resolve_label(label: str | int, labels: dict[int, str]) -> int:
+    """A label value from a value or a name of the model's label map (background refused)."""
+    text = str(label)
+    value = int(text) if text.isdigit() else next((k for k, v in labels.items() if v == text), None)
+    if value is None or value not in labels or value == 0:
+        choices = ", ".join(f"{k}={v}" for k, v in labels.items() if k)
+        raise InputError(f"label {label!r} is not a foreground label of this model", hint=f"use one of {choices}")
+    return value
+
+
+def _channel(seg: Predictor, label: int) -> int:
+    if not seg.cfg.regions:
+        return label
+    for j, (_, _, value) in enumerate(seg.cfg.region_order()):
+        if value == label:
+            return j
+    raise InputError(f"no region of this model decodes to label {label}")
+
+
+def _resample(arr: np.ndarray, src_affine: Any, dst: Grid, mode: str) -> np.ndarray:
+    img = MetaTensor(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None],
+                     meta={"affine": torch.as_tensor(np.asarray(src_affine), dtype=torch.float64)})
+    out = SpatialResample(mode=mode, padding_mode="zeros", align_corners=False, dtype=np.float32)(
+        img, dst_affine=torch.as_tensor(dst.affine, dtype=torch.float64), spatial_size=dst.shape)
+    return np.asarray(torch.as_tensor(out)[0])
+
+
+def write_map(path: Path, data: np.ndarray, grid: Grid) -> Path:
+    """A float32 NIfTI map on ``grid`` (qform = sform), written atomically and re-read to check its grid."""
+    img = nib.Nifti1Image(data.astype(np.float32), grid.affine)
+    img.set_qform(grid.affine, code=1)
+    img.set_sform(grid.affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+        require_same_grid(grid_of(nib.load(str(tmp))), grid, path, what="written map grid")
+    return path
+
+
+def explain(run: Path, scan: Path, label: str | int, out_dir: Path, *, device: str = "auto",
+            target_mask: Path | None = None, layer: str | None = None, n_samples: int = 8, noise: float = 0.15,
+            margin_mm: float = 10.0) -> ExplainResult:
+    """Explain label ``label`` of the model in ``run`` on ``scan`` into ``out_dir``.
+
+    The score explained is the label's logit summed inside the model's own predicted mask of that label (or inside
+    ``target_mask``, a label map on the scan's grid, e.g. a reference segmentation or another model's output)."""
+    t0 = time.perf_counter()
+    ensure_writable_dir(out_dir)
+    seg = Predictor(find_checkpoint(run), device)
+    value = resolve_label(label, seg.cfg.labels)
+    name = seg.cfg.labels[value]
+    cases = collect_inputs([scan], seg.cfg.channels)
+    if len(cases) != 1:
+        raise InputError(f"expected one scan, found {len(cases)} cases", path=scan)
+    case = load_case(cases[0], seg.cfg.in_channels)
+    pre = preprocess(seg.cfg, with_label=False, load=False)
+    src = MetaTensor(torch.from_numpy(case.array), meta={"affine": torch.as_tensor(case.grid.affine)})
+    net = pre({"image": src})["image"]
+    net_affine = np.asarray(net.affine, dtype=float)
+    net_grid = Grid(tuple(int(s) for s in net.shape[1:]), net_affine)  # type: ignore[arg-type]
+    if target_mask is None:
+        logits, _ = seg.logits(net[None])
+        target = (label_scores(logits[0].float(), seg.cfg).argmax(dim=0) == value).cpu().numpy()
+        how = "predicted mask of the label (network grid)"
+    else:
+        ref, info = load_label(target_mask)
+        require_same_grid(Grid(ref.shape, info.affine), case.grid, target_mask, what="target mask grid")  # type: ignore[arg-type]
+        target = _resample((ref == value).astype(np.float32), case.grid.affine, net_grid, "nearest") > 0.5
+        how = f"label {value} of {target_mask.name}"
+    if not target.any():
+        raise InputError(f"no voxel of label {value} ({name}) to explain: the {how} is empty", path=scan,
+                         hint="pass --mask with a segmentation of the structure")
+    margin = int(np.ceil(margin_mm / min(seg.cfg.transforms.spacing_mm)))
+    maps = explain_network(seg.model, net.as_tensor().to(seg.device), target, _channel(seg, value),
+                           seg.cfg.inference.roi_size_vox, layer=layer, margin_vox=margin, n_samples=n_samples,
+                           noise=noise)
+    image = case.array[0]
+    on_source = _resample(target.astype(np.float32), net_affine, case.grid, "nearest") > 0.5
+    files: dict[str, str] = {}
+    stem = f"{case.case_id}.{name}"
+    for kind, arr in (("gradcam", maps.gradcam), ("smoothgrad", maps.smoothgrad)):
+        on_grid = np.clip(_resample(arr, net_affine, case.grid, "bilinear"), 0.0, 1.0)
+        files[f"{kind}_nifti"] = write_map(out_dir / f"{stem}.{kind}.nii.gz", on_grid, case.grid).name
+        png = overlay_png(image, on_grid, on_source, case.grid, f"{kind} · {value} {name}")
+        write_bytes_atomic(out_dir / f"{stem}.{kind}.png", png)
+        files[f"{kind}_png"] = f"{stem}.{kind}.png"
+    result = ExplainResult(case.case_id, value, name, how, int(target.sum()), maps.layer, maps.windows, n_samples,
+                           files, round(time.perf_counter() - t0, 3))
+    write_json_atomic(out_dir / f"{stem}.explain.json", {**result.to_json(), "model": seg.checkpoint.name,
+                                                          "model_sha256": seg.model_sha256,
+                                                          "input_sha256": case.input_sha256, "versions": versions()})
+    return result

@@ -41,6 +41,7 @@ class CaseResult:
     error: str | None = None
     seconds: float = 0.0
     push: CasePush | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
         seen.add(loaded.case_id)
         shown = loaded.case_id
         if not overwrite and (done := already_done(out_dir, loaded, seg.model_sha256, seg.cfg.digest())):
-            return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0)
+            return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0, note=case.note)
         hu = (ct_intensity_check(loaded, strict=not allow_non_hu)
               if seg.cfg.transforms.intensity == "ct_window" else None)
         labels, details = seg.segment(loaded)
@@ -107,7 +108,7 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
         seconds = time.perf_counter() - t0
         side = build_sidecar(seg, loaded, mask, details, seconds, hu)
         write_json_atomic(out_dir / f"{loaded.case_id}.json", side.to_json())
-        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds)
+        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds, note=case.note)
     except MedpipeError as err:
         return CaseResult(shown, "failed", error=str(err), seconds=time.perf_counter() - t0)
 

@@ -107,6 +107,11 @@ class Trainer:
             if splits is not None:
                 write_json_atomic(self.run_dir / "splits.json", {"n_folds": cfg.data.n_folds, "seed": cfg.data.seed,
                                                                  "folds": splits})
+        t = cfg.training
+        how = (f"on disk in {t.cache_dir}" if t.cache_dir else "in memory" if t.cache else "")
+        if how:
+            self.emit(TrainEvent("phase", 0, t.epochs, message=(
+                f"preprocessing and caching {len(cases)} cases {how} before the first step ...")))
         self.data = build_loaders(cfg, self.train_cases, self.val_cases, self.fingerprint, self.dist, self.device)
 
     # ----- model --------------------------------------------------------------------------------------------

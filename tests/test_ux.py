@@ -117,3 +117,24 @@ def test_training_curve_loss_and_dice_colours_differ() -> None:
     assert len(dice) == 2
     for d in dice:
         assert np.abs(d - loss).sum() > 0.6  # clearly different hues, not two blues
+
+
+@pytest.mark.parametrize(("n", "fold", "n_folds", "why"), [(4, 0, 4, "4-fold"), (2, -1, 5, "hold-out")])
+def test_plan_on_a_small_dataset_writes_a_split_train_accepts(tmp_path: Path, n: int, fold: int, n_folds: int,
+                                                              why: str) -> None:
+    from medpipe.config import load_config
+    from medpipe.datasets.layouts import load_dataset
+    from medpipe.datasets.splits import select_split
+    from tests.test_datasets import make_layout
+
+    root = make_layout(tmp_path / "k", "kits", n=n)
+    out = tmp_path / "plan.yaml"
+    res = runner.invoke(app, ["plan", str(root), "-o", str(out), "--gpu-mem-gb", "4"])
+    assert res.exit_code == 0, res.output
+    assert why in _flat(res.output) and why in out.read_text()
+    cfg = load_config(out)
+    assert (cfg.data.fold, cfg.data.n_folds) == (fold, n_folds)
+    d = cfg.data
+    train, val, _ = select_split(load_dataset(root, "auto").cases, fold=d.fold, n_folds=d.n_folds,
+                                 val_fraction=d.val_fraction, seed=d.seed, splits_file=None)
+    assert len(train) >= 1 and len(val) >= 1 and len(train) + len(val) == n

@@ -138,3 +138,26 @@ def test_plan_on_a_small_dataset_writes_a_split_train_accepts(tmp_path: Path, n:
     train, val, _ = select_split(load_dataset(root, "auto").cases, fold=d.fold, n_folds=d.n_folds,
                                  val_fraction=d.val_fraction, seed=d.seed, splits_file=None)
     assert len(train) >= 1 and len(val) >= 1 and len(train) + len(val) == n
+
+
+def test_dataset_check_on_the_sample_data_is_clean_but_a_misplaced_slice_axis_warns(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from tests.conftest import REPO
+
+    res = runner.invoke(app, ["dataset", "check", str(REPO / "sample_data" / "kits")])
+    assert res.exit_code == 0, res.output
+    text = _flat(res.output)
+    assert "orientation" not in text and "0 warnings" in text and "voxel orders vary" in text
+    root = tmp_path / "kits"
+    for case in sorted((REPO / "sample_data" / "kits").iterdir())[:4]:
+        shutil.copytree(case, root / case.name)
+    for name in ("imaging.nii.gz", "segmentation.nii.gz"):  # case 0 (IPL): a header that puts 2.5 mm along x
+        img = nib.load(str(root / "case_00000" / name))
+        bad = nib.Nifti1Image(np.asarray(img.dataobj), np.diag([-2.5, -0.8, 0.8, 1.0]), img.header)
+        bad.set_qform(bad.affine, 1)
+        bad.set_sform(bad.affine, 1)
+        nib.save(bad, str(root / "case_00000" / name))
+    res = runner.invoke(app, ["dataset", "check", str(root)])
+    text = _flat(res.output)
+    assert "case_00000 [orientation]" in text and "thick-slice axis" in text, text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -206,6 +207,10 @@ def render_check(report: CheckReport, max_rows: int = 40) -> Any:
         lines.append(line)
     if len(ordered) > max_rows:
         lines.append(Text(f"... {len(ordered) - max_rows} more in the fingerprint JSON (-o)"))
+    orientations = Counter(c.orientation for c in fp.cases)
+    if len(orientations) > 1:
+        lines.append(Text("voxel orders vary (" + ", ".join(f"{o} {n}" for o, n in orientations.most_common())
+                          + "): normal, every case is reoriented to RAS; only a slice axis out of line is warned"))
     median = list(fp.spacing_mm.median) if fp.spacing_mm else None
     lines.append(Text(f"{report.dataset.format} dataset, {fp.dataset.n_cases} cases, channels "
                       f"{', '.join(fp.dataset.channels)}, modality {fp.modality}, median spacing (RAS) "

@@ -161,3 +161,28 @@ def test_dataset_check_on_the_sample_data_is_clean_but_a_misplaced_slice_axis_wa
     res = runner.invoke(app, ["dataset", "check", str(root)])
     text = _flat(res.output)
     assert "case_00000 [orientation]" in text and "thick-slice axis" in text, text
+
+
+def test_input_far_outside_the_training_range_gets_a_notice(trained_run: tuple[Path, str], kits: Path,  # noqa: F811
+                                                            tmp_path: Path) -> None:
+    import json
+
+    import nibabel as nib
+
+    from medpipe.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(trained_run[0] / "best.pt")
+    assert ckpt["training_range"]["n_cases"] >= 3 and "CT" in ckpt["training_range"]["channels"]
+    src = nib.load(str(kits / "case_00003" / "imaging.nii.gz"))
+    # Same anatomy, but voxels 5x finer in the header and HU scaled up 10x: far outside what the model saw.
+    far = nib.Nifti1Image(np.asarray(src.dataobj, dtype=np.float32) * 10.0, src.affine @ np.diag([0.2, 0.2, 0.2, 1]))
+    nib.save(far, str(tmp_path / "far.nii.gz"))
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["infer", str(trained_run[0]), str(tmp_path / "far.nii.gz"), str(kits / "case_00003"),
+                              "-o", str(out), "--device", "cpu", "--allow-non-hu"])
+    assert res.exit_code == 0, res.output
+    text = _flat(res.output)
+    assert "outside the training range: spacing" in text and "intensities" in text
+    side = json.loads((out / "far.json").read_text())
+    assert any("spacing" in n for n in side["out_of_training_range"])
+    assert json.loads((out / "case_00003.json").read_text())["out_of_training_range"] == []

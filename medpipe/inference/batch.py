@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from medpipe.datasets.trainrange import out_of_range
 from medpipe.errors import InputError, MedpipeError
 from medpipe.inference.export import write_mask
 from medpipe.inference.inputs import InputCase, LoadedCase, collect_inputs, ct_intensity_check, load_case
@@ -103,12 +104,15 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
             return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0, note=case.note)
         hu = (ct_intensity_check(loaded, strict=not allow_non_hu)
               if seg.cfg.transforms.intensity == "ct_window" else None)
+        far = (out_of_range(seg.training_range, loaded.array, loaded.grid.affine, loaded.grid.spacing_mm)
+               if seg.training_range is not None else ())
         labels, details = seg.segment(loaded)
         mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", labels, loaded.grid)
         seconds = time.perf_counter() - t0
-        side = build_sidecar(seg, loaded, mask, details, seconds, hu)
+        side = replace(build_sidecar(seg, loaded, mask, details, seconds, hu), out_of_training_range=far)
         write_json_atomic(out_dir / f"{loaded.case_id}.json", side.to_json())
-        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds, note=case.note)
+        note = "; ".join(x for x in (case.note, *(f"outside the training range: {f}" for f in far)) if x)
+        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds, note=note or None)
     except MedpipeError as err:
         return CaseResult(shown, "failed", error=str(err), seconds=time.perf_counter() - t0)
 

@@ -13,12 +13,13 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import KeepLargestConnectedComponent
 
 from medpipe.config import PipelineConfig
+from medpipe.datasets.trainrange import TrainingRange
 from medpipe.errors import CheckpointError
 from medpipe.inference.export import labels_on_grid
 from medpipe.inference.inputs import LoadedCase
 from medpipe.inference.sidecar import SegmentDetails
 from medpipe.labels import label_scores
-from medpipe.models.checkpoint import model_from_checkpoint
+from medpipe.models.checkpoint import load_checkpoint, model_from_loaded
 from medpipe.runtime import resolve_device, sha256_file
 from medpipe.transforms import preprocess
 
@@ -42,7 +43,10 @@ class Predictor:
                  sw_batch_size: int | None = None) -> None:
         self.device = resolve_device(device)
         self.checkpoint = checkpoint
-        self.model, cfg = model_from_checkpoint(checkpoint, self.device)
+        ckpt = load_checkpoint(checkpoint)
+        self.model, cfg = model_from_loaded(ckpt, checkpoint, self.device)
+        #: What the model was trained on (None for checkpoints written before medpipe stored it).
+        self.training_range = TrainingRange.from_json(ckpt.get("training_range", {}))
         overrides = {"overlap": overlap, "sw_batch_size": sw_batch_size}
         self.cfg: PipelineConfig = cfg.with_overrides(
             inference={k: v for k, v in overrides.items() if v is not None}

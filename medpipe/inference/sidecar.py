@@ -123,6 +123,8 @@ class InferenceSidecar:
     seconds_total: float
     versions: dict[str, str]
     intensity_check: HuCheck | None = None
+    #: Where the input lies far outside the spacing/intensity range the model was trained on (empty: inside it).
+    out_of_training_range: tuple[str, ...] = ()
     status: str = "ok"
     dicomweb_push: CasePush | None = None
     format: str = field(default=SIDECAR_FORMAT)
@@ -145,6 +147,7 @@ class InferenceSidecar:
         }
         if self.intensity_check is not None:
             out["intensity_check"] = self.intensity_check.to_json()
+        out["out_of_training_range"] = list(self.out_of_training_range)
         out["seconds_total"] = self.seconds_total
         out["versions"] = dict(self.versions)
         if self.dicomweb_push is not None:
@@ -166,6 +169,7 @@ class InferenceSidecar:
             seconds_total=float(d["seconds_total"]), versions={str(k): str(v) for k, v in d["versions"].items()},
             intensity_check=HuCheck.from_json(hu) if isinstance(hu, dict) else None, status=str(d["status"]),
             dicomweb_push=CasePush.from_json(push) if isinstance(push, dict) else None,
+            out_of_training_range=tuple(str(x) for x in d.get("out_of_training_range", ())),
         )
 
 

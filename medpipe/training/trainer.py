@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from medpipe.config import PipelineConfig, dump_config
 from medpipe.datasets import data_identity, load_dataset, preflight, select_split
+from medpipe.datasets.trainrange import training_range
 from medpipe.errors import CheckpointError, ConfigError, DatasetError
 from medpipe.evaluation.evaluate import score_arrays
 from medpipe.evaluation.metrics.regions import Region
@@ -107,6 +108,8 @@ class Trainer:
             if splits is not None:
                 write_json_atomic(self.run_dir / "splits.json", {"n_folds": cfg.data.n_folds, "seed": cfg.data.seed,
                                                                  "folds": splits})
+        self.train_range = (training_range([c.images for c in self.train_cases], cfg.channels)
+                            if self.dist.is_main else None)  # stored in checkpoints: infer warns far outside it
         t = cfg.training
         how = (f"on disk in {t.cache_dir}" if t.cache_dir else "in memory" if t.cache else "")
         if how:
@@ -152,6 +155,7 @@ class Trainer:
             optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), scaler=self.scaler.state_dict(),
             rng=rng_state(), loader_rng=self.data.generator.get_state(), resume_key=resume_key(self.cfg),
             data_fingerprint=self.fingerprint, world_size=self.dist.world_size,
+            training_range=self.train_range.to_json() if self.train_range is not None else {},
         )
 
     def restore(self, force: bool) -> tuple[int, tuple[int, float]]:

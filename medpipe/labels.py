@@ -5,6 +5,8 @@ Tensor functions use tensor methods only, so this module imports no torch and st
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,3 +46,17 @@ def region_targets(labels: torch.Tensor, cfg: PipelineConfig) -> torch.Tensor:
 
     masks = [torch.isin(labels, labels.new_tensor(values)) for values in cfg.regions.values()]
     return torch.cat(masks, dim=1).to(torch.float32)
+
+
+def nested_order(regions: Mapping[str, Sequence[int]]) -> list[str] | None:
+    """The region names from the largest to the innermost when each region strictly contains the next (then
+    that is the only order that decodes, whatever order a mapping listed them in); None when they are not nested."""
+    names = sorted(regions, key=lambda n: -len(set(regions[n])))
+    sets = [set(regions[n]) for n in names]
+    return names if all(a > b for a, b in itertools.pairwise(sets)) else None
+
+
+def regions_as_list(regions: Mapping[str, Sequence[int]]) -> list[dict[str, object]]:
+    """Regions in their explicit list form ``[{name: WT, labels: [1, 2, 3]}, ...]`` (order survives any YAML
+    writer, also one that sorts keys)."""
+    return [{"name": name, "labels": list(values)} for name, values in regions.items()]

@@ -86,7 +86,9 @@ class TrainingConfig:
     scheduler: Literal["cosine", "poly", "none"] = "cosine"
     val_every: int = 5
     amp: bool = True
-    num_workers: int = 0
+    #: Loader worker processes: ``auto`` uses the free cores (one stays with training), at most 8; a number
+    #: above the free cores is capped with a notice.
+    num_workers: int | Literal["auto"] = "auto"
     cache: bool = True
     seed: int = 0
     deterministic: bool = False
@@ -296,6 +298,8 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
                                f"(0-{cfg.data.n_folds - 1}, or -1 for a hold-out split)")
     if len(cfg.model.strides) != len(cfg.model.channels) - 1:
         raise bad("model.strides", f"needs len(channels) - 1 = {len(cfg.model.channels) - 1} entries")
+    if cfg.training.num_workers != "auto" and int(cfg.training.num_workers) < 0:
+        raise bad("training.num_workers", f"must be 'auto' or at least 0, found {cfg.training.num_workers}")
     for name in ("epochs", "batch_size", "val_every", "samples_per_case", "sw_batch_size"):
         section = "training" if hasattr(cfg.training, name) else (
             "transforms" if hasattr(cfg.transforms, name) else "inference")

@@ -43,6 +43,7 @@ class TrainProgress:
         )
         self.task: TaskID | None = None
         self.case_task: TaskID | None = None
+        self.cache_task: TaskID | None = None
         self.dice = ""
         self.console = console
 
@@ -67,6 +68,10 @@ class TrainProgress:
                                  info=f"loss {ev.loss:.3f}{self.dice}")
         elif ev.kind == "phase":
             self.console.print(escape(ev.message))
+        elif ev.kind == "cache":
+            if self.cache_task is None:
+                self.cache_task = self.progress.add_task("caching", total=ev.steps, info="cases")
+            self.progress.update(self.cache_task, completed=ev.step)
         elif ev.kind == "validation":
             self.dice = " | val Dice " + " ".join(f"{escape(k)} {v:.3f}" for k, v in ev.dice.items())
             if self.task is not None:  # the bar shows the latest validation, also after the last step

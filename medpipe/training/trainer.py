@@ -34,6 +34,7 @@ from medpipe.training.data import build_loaders
 from medpipe.training.distributed import DistInfo, broadcast_object, gather_objects, mean_across_ranks
 from medpipe.training.events import EpochStats, TrainEvent, TrainResult
 from medpipe.training.losses import SegmentationLoss
+from medpipe.training.resources import fit_cache, loader_workers
 from medpipe.training.runlog import RunLog, read_rows
 from medpipe.training.state import (
     config_changes,
@@ -111,11 +112,18 @@ class Trainer:
         self.train_range = (training_range([c.images for c in self.train_cases], cfg.channels)
                             if self.dist.is_main else None)  # stored in checkpoints: infer warns far outside it
         t = cfg.training
-        how = (f"on disk in {t.cache_dir}" if t.cache_dir else "in memory" if t.cache else "")
+        workers, note = loader_workers(t.num_workers, self.dist.world_size)
+        fitted, cache_note = fit_cache(cfg.with_overrides(training={"num_workers": workers}), cases, self.run_dir)
+        for n in (note, cache_note):
+            if n:
+                self.emit(TrainEvent("notice", 0, t.epochs, message=n))
+        ft = fitted.training
+        how = (f"on disk in {ft.cache_dir}" if ft.cache_dir else "in memory" if ft.cache else "")
         if how:
             self.emit(TrainEvent("phase", 0, t.epochs, message=(
                 f"preprocessing and caching {len(cases)} cases {how} before the first step ...")))
-        self.data = build_loaders(cfg, self.train_cases, self.val_cases, self.fingerprint, self.dist, self.device)
+        self.data = build_loaders(fitted, self.train_cases, self.val_cases, self.fingerprint, self.dist, self.device,
+                                  on_cached=lambda i, n: self.emit(TrainEvent("cache", 0, t.epochs, i, n)))
 
     # ----- model --------------------------------------------------------------------------------------------
     @property

@@ -205,7 +205,7 @@ def plan_from_fingerprint(fp: Fingerprint, *, gpu_mem_gb: float = 8.0, name: str
                   "norm": "instance", "deep_supervision": depth >= 3},
         "training": {"epochs": 1000, "iterations_per_epoch": 250, "batch_size": batch // samples, "lr": 0.01,
                      "weight_decay": 3e-5, "optimizer": "sgd", "scheduler": "poly", "val_every": 25, "amp": True,
-                     "num_workers": 8, "cache": True, "seed": 0},
+                     "num_workers": "auto", "cache": True, "seed": 0},
         "inference": {"roi_size_vox": patch, "overlap": 0.5, "sw_batch_size": 2, "blend": "gaussian",
                       "amp": True},
     }

@@ -97,10 +97,12 @@ def test_training_shows_caching_and_the_final_bar_shows_the_latest_dice(trained_
     with TrainProgress(Console(file=io.StringIO(), width=200)) as progress:
         for i in range(2):
             progress.update(TrainEvent("step", 1, 1, i + 1, 2, 0.5))
+        progress.update(TrainEvent("val_case", 0, 1, 1, 1))
         progress.update(TrainEvent("validation", 1, 1, dice={"kidney": 0.25}, loss=0.5))
         assert progress.task is not None
         info = progress.progress.tasks[0].fields["info"]
     assert "kidney 0.250" in info
+    assert [t.description for t in progress.progress.tasks] == ["epoch 1/1", "validating"]
 
 
 def test_training_curve_loss_and_dice_colours_differ() -> None:

@@ -44,6 +44,7 @@ class TrainProgress:
         self.task: TaskID | None = None
         self.case_task: TaskID | None = None
         self.cache_task: TaskID | None = None
+        self.val_task: TaskID | None = None
         self.dice = ""
         self.console = console
 
@@ -66,6 +67,12 @@ class TrainProgress:
                 self.task = self.progress.add_task("train", total=total, info="")
             self.progress.update(self.task, advance=1, description=f"epoch {ev.epoch}/{ev.epochs}",
                                  info=f"loss {ev.loss:.3f}{self.dice}")
+        elif ev.kind == "val_case":
+            if self.val_task is None or ev.step == 1:
+                if self.val_task is not None:
+                    self.progress.remove_task(self.val_task)
+                self.val_task = self.progress.add_task("validating", total=ev.steps, info="cases")
+            self.progress.update(self.val_task, completed=ev.step)
         elif ev.kind == "phase":
             self.console.print(escape(ev.message))
         elif ev.kind == "cache":

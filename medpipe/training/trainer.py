@@ -265,7 +265,8 @@ class Trainer:
         per_name: dict[str, list[float]] = {n: [] for n in names}
         with torch.no_grad(), torch.autocast(device_type="cuda", dtype=self.amp_dtype or torch.float16,
                                              enabled=self.amp_dtype is not None):
-            for item in self.data.val_ds:
+            n_val = len(self.data.val_ds)
+            for i_val, item in enumerate(self.data.val_ds):
                 img = item["image"][None].to(self.device)
                 logits = sliding_window_inference(img, inf.roi_size_vox, inf.sw_batch_size, self.net,
                                                   overlap=inf.overlap, mode=inf.blend)
@@ -274,6 +275,7 @@ class Trainer:
                 for name, row in zip(names, score_arrays(pred, ref, self.cfg.transforms.spacing_mm, scored),
                                      strict=True):
                     per_name[name].append(float("nan") if row.dice is None else float(row.dice))
+                self.emit(TrainEvent("val_case", 0, self.cfg.training.epochs, i_val + 1, n_val))
         merged: dict[str, list[float]] = {n: [] for n in names}
         for part in gather_objects(per_name, self.dist):
             for n, v in part.items():

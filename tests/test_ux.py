@@ -188,3 +188,23 @@ def test_input_far_outside_the_training_range_gets_a_notice(trained_run: tuple[P
     side = json.loads((out / "far.json").read_text())
     assert any("spacing" in n for n in side["out_of_training_range"])
     assert json.loads((out / "case_00003.json").read_text())["out_of_training_range"] == []
+
+
+def test_an_mr_series_given_to_a_ct_model_is_refused_as_mr(tmp_path: Path) -> None:
+    from medpipe.config import config_from_dict
+    from medpipe.models.checkpoint import save_checkpoint
+    from medpipe.models.factory import build_model
+    from tests.dicom_factory import write_series
+
+    cfg = config_from_dict({"labels": {0: "background", 1: "organ"},
+                            "transforms": {"spacing_mm": [1.0, 1.0, 2.0], "crop_foreground": False},
+                            "model": {"channels": [4, 8], "strides": [2], "num_res_units": 0},
+                            "inference": {"roi_size_vox": [32, 32, 16], "sw_batch_size": 2, "overlap": 0.0}})
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint(ckpt, build_model(cfg), cfg)
+    write_series(tmp_path / "dcm", modality="MR")
+    res = runner.invoke(app, ["infer", str(ckpt), str(tmp_path / "dcm"), "-o", str(tmp_path / "o"), "--device", "cpu"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    text = _flat(res.output)
+    assert "modality MR, not CT" in text and "rescale intercept" not in text
+    assert text.count("modality MR") == 1  # reported once

@@ -16,6 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from medpipe.errors import ConfigError
+from medpipe.labels import nested_order, regions_as_list
 from medpipe.runtime import short_hash
 
 Triple = tuple[float, float, float]
@@ -85,7 +86,9 @@ class TrainingConfig:
     scheduler: Literal["cosine", "poly", "none"] = "cosine"
     val_every: int = 5
     amp: bool = True
-    num_workers: int = 0
+    #: Loader worker processes: ``auto`` uses the free cores (one stays with training), at most 8; a number
+    #: above the free cores is capped with a notice.
+    num_workers: int | Literal["auto"] = "auto"
     cache: bool = True
     seed: int = 0
     deterministic: bool = False
@@ -131,8 +134,10 @@ class PipelineConfig:
     modality: Literal["CT", "MR"] = "CT"
     channels: tuple[str, ...] = ("CT",)
     labels: dict[int, str] = field(default_factory=lambda: {0: "background", 1: "foreground"})
-    #: Region-based training (nnU-Net style): name -> label values. Non-empty: one sigmoid output per region
-    #: (overlapping masks, Dice+BCE), listed from the largest to the innermost region.
+    #: Region-based training (nnU-Net style): name -> label values, in decoding order (from the largest to the
+    #: innermost region). Non-empty: one sigmoid output per region (overlapping masks, Dice+BCE). In YAML a list
+    #: ``[{name: WT, labels: [1, 2, 3]}, ...]``, or a mapping with ``region_order``, or a mapping of nested
+    #: regions (see :func:`_ordered_regions`).
     regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     transforms: TransformConfig = field(default_factory=TransformConfig)
@@ -174,9 +179,10 @@ class PipelineConfig:
         return len(self.channels)
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain, YAML/JSON-serialisable dict (tuples become lists); an empty ``label_info`` is left out, so
-        configs without codes keep their digest."""
+        """A plain, YAML/JSON-serialisable dict (tuples become lists; regions in their explicit list form); an empty
+        ``label_info`` is left out, so configs without codes keep their digest."""
         out = _plain(dataclasses.asdict(self))
+        out["regions"] = regions_as_list(self.regions)
         if not self.label_info:
             del out["label_info"]
         return out
@@ -322,6 +328,8 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
                                f"(0-{cfg.data.n_folds - 1}, or -1 for a hold-out split)")
     if len(cfg.model.strides) != len(cfg.model.channels) - 1:
         raise bad("model.strides", f"needs len(channels) - 1 = {len(cfg.model.channels) - 1} entries")
+    if cfg.training.num_workers != "auto" and int(cfg.training.num_workers) < 0:
+        raise bad("training.num_workers", f"must be 'auto' or at least 0, found {cfg.training.num_workers}")
     for name in ("epochs", "batch_size", "val_every", "samples_per_case", "sw_batch_size"):
         section = "training" if hasattr(cfg.training, name) else (
             "transforms" if hasattr(cfg.transforms, name) else "inference")
@@ -334,6 +342,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", base_dir: Pa
     if not isinstance(raw, dict):
         raise ConfigError("expected a mapping at the top level of the config", path=source)
     raw = _split_rich_labels(raw, source)
+    raw = _ordered_regions(raw, source)
     cfg: PipelineConfig = _build(PipelineConfig, raw, "", source)
     _validate(cfg, source)
     if base_dir is not None:
@@ -372,6 +381,46 @@ def _split_rich_labels(raw: dict[str, Any], source: str) -> dict[str, Any]:
         if spec:
             info[key] = spec
     return {**raw, "labels": names, "label_info": info}
+
+
+def _ordered_regions(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """``regions`` as an ordered mapping, from any of its forms: a list ``[{name, labels}, ...]`` (the order is the
+    list's), a mapping plus ``region_order: [names]``, or a mapping alone when the regions are nested (the order is
+    then the containment order). A mapping whose order nothing fixes is refused: a YAML writer that sorts keys
+    would silently change the decoding."""
+    regions, order = raw.get("regions"), raw.get("region_order")
+    out = {k: v for k, v in raw.items() if k != "region_order"}
+    if isinstance(regions, list):
+        mapping: dict[str, Any] = {}
+        for i, entry in enumerate(regions):
+            if not isinstance(entry, dict) or set(entry) != {"name", "labels"} or not isinstance(entry["name"], str):
+                raise ConfigError(f"key 'regions[{i}]': expected {{name: ..., labels: [...]}}, found {entry!r}",
+                                  path=source)
+            if entry["name"] in mapping:
+                raise ConfigError(f"key 'regions[{i}]': region {entry['name']!r} listed twice", path=source)
+            mapping[entry["name"]] = entry["labels"]
+        if order is not None and list(order) != list(mapping):
+            raise ConfigError(f"key 'region_order': {order!r} contradicts the order of the 'regions' list "
+                              f"{list(mapping)}", path=source, hint="drop region_order (a list keeps its order)")
+        out["regions"] = mapping
+    elif isinstance(regions, dict) and regions:
+        if order is not None:
+            if not isinstance(order, list) or sorted(map(str, order)) != sorted(regions):
+                raise ConfigError(f"key 'region_order': must name each region of 'regions' once "
+                                  f"({sorted(regions)}), found {order!r}", path=source)
+            out["regions"] = {str(n): regions[n] for n in order}
+        elif len(regions) > 1:
+            nested = nested_order({k: v for k, v in regions.items() if isinstance(v, list | tuple)})
+            if nested is None or len(nested) != len(regions):
+                raise ConfigError(
+                    f"key 'regions': the decoding order of regions {sorted(regions)} is not fixed: a mapping's "
+                    "order is lost when YAML is rewritten (e.g. with sorted keys) and these regions are not nested",
+                    path=source, hint="write regions as a list [{name: WT, labels: [1, 2, 3]}, ...] or add "
+                                      "region_order: [names from the largest to the innermost]")
+            out["regions"] = {n: regions[n] for n in nested}
+    elif order is not None:
+        raise ConfigError("key 'region_order': given without 'regions'", path=source)
+    return out
 
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -6,6 +6,8 @@ Tensor functions use tensor methods only, so this module imports no torch and st
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -156,3 +158,17 @@ def label_table(labels: dict[int, str], specs: dict[int, Any] | None = None) -> 
                 color = (int(spec.color[0]), int(spec.color[1]), int(spec.color[2]))
         out.append(LabelInfo(value, name, category, kind, color))
     return tuple(out)
+
+
+def nested_order(regions: Mapping[str, Sequence[int]]) -> list[str] | None:
+    """The region names from the largest to the innermost when each region strictly contains the next (then
+    that is the only order that decodes, whatever order a mapping listed them in); None when they are not nested."""
+    names = sorted(regions, key=lambda n: -len(set(regions[n])))
+    sets = [set(regions[n]) for n in names]
+    return names if all(a > b for a, b in itertools.pairwise(sets)) else None
+
+
+def regions_as_list(regions: Mapping[str, Sequence[int]]) -> list[dict[str, object]]:
+    """Regions in their explicit list form ``[{name: WT, labels: [1, 2, 3]}, ...]`` (order survives any YAML
+    writer, also one that sorts keys)."""
+    return [{"name": name, "labels": list(values)} for name, values in regions.items()]

@@ -85,7 +85,8 @@ def test_regions_that_cannot_be_decoded_are_config_errors() -> None:
     from medpipe.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"regions\.TC"):
-        tiny(Path("."), "brats2023", regions={"TC": [1, 3], "ET": [3], "WT": [1, 2, 3]})
+        tiny(Path("."), "brats2023", regions=[{"name": "TC", "labels": [1, 3]}, {"name": "ET", "labels": [3]},
+                                              {"name": "WT", "labels": [1, 2, 3]}])
     with pytest.raises(ConfigError, match=r"regions\.X"):
         tiny(Path("."), "brats2023", regions={"X": [7]})
 

@@ -26,14 +26,20 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain click help: flags without a '<bool>' type column, no boxes cut to 80 columns
+    context_settings={"max_content_width": 120},
 )
 out = Console()
 err_console = Console(stderr=True)
 _state = {"debug": False}
+#: Line width when stdout/stderr is a file or pipe (logs keep whole paths and numbers; tables are sized to content).
+PIPE_WIDTH = 1000
 
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
     _state["debug"] = debug
+    for console in (out, err_console):  # a file or a pipe: full lines, not rich's 80-column default
+        console.width = PIPE_WIDTH if not console.is_terminal else None  # type: ignore[assignment]
     if not debug:
         # Import-time noise from MONAI's optional GPU DICOM decoder, irrelevant to medpipe's own DICOM reader.
         logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)

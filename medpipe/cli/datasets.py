@@ -56,12 +56,14 @@ def plan(
                                               "training step.")] = 8.0,
 ) -> None:
     """Configure training from the dataset fingerprint (spacing, patch, batch, network, normalisation)."""
+    from rich.markup import escape
+
     from medpipe.datasets.plan import plan_dataset
 
     with handled():
         result = plan_dataset(root, out_yaml, fmt=fmt, gpu_mem_gb=gpu_mem_gb)
     for note in result.notes:
-        out.print(f"  - {note}")
+        out.print(f"  - {escape(note)}")
     out.print(f"[green]plan[/]: {out_yaml} (train it with `medpipe train {out_yaml} --out RUN`)")
 
 

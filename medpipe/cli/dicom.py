@@ -44,9 +44,11 @@ def info(
 def convert(
     dicom_dir: Annotated[Path, typer.Argument(help="DICOM folder (searched recursively).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for NIfTI + JSON sidecars.")],
-    series: Annotated[str | None, typer.Option(help="Convert only this series (number, label or UID).")] = None,
-    allow_tilt: Annotated[bool, typer.Option(help="Resample gantry-tilted stacks onto an orthogonal grid.")] = False,
-    allow_uneven: Annotated[bool, typer.Option(help="Resample uneven slice spacing to equal spacing.")] = False,
+    series: Annotated[str | None, typer.Option(help="Convert only this series (3, 3-2 or a UID).")] = None,
+    allow_tilt: Annotated[bool, typer.Option("--allow-tilt", help="Resample gantry-tilted stacks "
+                                                                   "onto an orthogonal grid.")] = False,
+    allow_uneven: Annotated[bool, typer.Option("--allow-uneven", help="Resample uneven slice spacing "
+                                                                       "to equal spacing.")] = False,
     gzip: Annotated[bool, typer.Option("--gzip/--no-gzip", help="Write .nii.gz (default) or .nii.")] = True,
     workers: Annotated[int | None, typer.Option(min=1, help="Decoder threads (default: CPU count).")] = None,
 ) -> None:

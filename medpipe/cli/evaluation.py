@@ -20,7 +20,8 @@ def evaluate(
     labels: Annotated[str | None, typer.Option(help='Label names, e.g. "1=kidney,2=tumor".')] = None,
     config: Annotated[Path | None, typer.Option(help="Pipeline YAML whose label names to use.")] = None,
     image: Annotated[Path | None, typer.Option("--image", help="Images (file/folder) for overlay pictures.")] = None,
-    resample: Annotated[bool, typer.Option(help="Resample predictions onto the reference grid (nearest).")] = False,
+    resample: Annotated[bool, typer.Option("--resample", help="Resample predictions onto the "
+                                                                   "reference grid (nearest).")] = False,
     nsd_tol: Annotated[str | None, typer.Option(help='NSD tolerance in mm: "2" or per label "1=1.0,2=2.5".')] = None,
     surface: Annotated[str, typer.Option(help="surfel (surface-distance, default) or voxel (MONAI).")] = "surfel",
     lesions: Annotated[bool | None, typer.Option("--lesions/--no-lesions", help="Lesion-wise scoring.")] = None,

@@ -20,11 +20,14 @@ def infer(
     device: Device = "auto",
     overlap: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = None,
     sw_batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per forward pass.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Recompute cases that are already done.")] = False,
-    series: Annotated[str | None, typer.Option(help="DICOM: which series (number or UID).")] = None,
-    allow_tilt: Annotated[bool, typer.Option(help="DICOM: resample gantry-tilted stacks.")] = False,
-    allow_uneven: Annotated[bool, typer.Option(help="DICOM: resample uneven slice spacing.")] = False,
-    allow_non_hu: Annotated[bool, typer.Option(help="CT models: segment inputs that do not look like HU.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute cases that are already done.")] = False,
+    series: Annotated[str | None, typer.Option(help="DICOM: which series, by the label `medpipe info` "
+                                                           "shows (3, or 3-2 for number-acquisition) or its "
+                                                           "SeriesInstanceUID.")] = None,
+    allow_tilt: Annotated[bool, typer.Option("--allow-tilt", help="DICOM: resample gantry-tilted stacks.")] = False,
+    allow_uneven: Annotated[bool, typer.Option("--allow-uneven", help="DICOM: resample uneven slice spacing.")] = False,
+    allow_non_hu: Annotated[bool, typer.Option("--allow-non-hu", help="CT models: segment inputs that do not "
+                                                                          "look like HU.")] = False,
     output_format: Annotated[str, typer.Option(
         "--format", help="Comma list of nifti, dicom-seg, rtstruct (DICOM inputs; the NIfTI mask is always written)."
     )] = "nifti",
@@ -55,8 +58,8 @@ def infer(
                                engine=engine, min_lesion_ml=min_lesion_ml, on_case=on_case)
         for note in result.notices:
             err_console.print(note, markup=False, highlight=False)
-        render_infer(out, result)
-        if len(result.cases) == 1 and result.n_failed:
+        if len(result.cases) == 1 and result.n_failed:  # one case: its error line alone (not a table too)
             raise MedpipeError(result.cases[0].error or "failed")
+        render_infer(out, result)
     if result.n_failed:
         raise typer.Exit(1)

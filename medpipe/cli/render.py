@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -43,6 +45,8 @@ class TrainProgress:
         )
         self.task: TaskID | None = None
         self.case_task: TaskID | None = None
+        self.cache_task: TaskID | None = None
+        self.val_task: TaskID | None = None
         self.dice = ""
         self.console = console
 
@@ -56,23 +60,38 @@ class TrainProgress:
     def update(self, ev: TrainEvent) -> None:
         """Callback for :func:`medpipe.train.train`."""
         if ev.kind == "start":
-            self.console.print(ev.message)
+            self.console.print(escape(ev.message))
         elif ev.kind == "notice":
-            self.console.print(f"[yellow]note[/]: {ev.message}")
+            self.console.print(f"[yellow]note[/]: {escape(ev.message)}")
         elif ev.kind == "step":
             if self.task is None:
                 total = ev.steps * (ev.epochs - ev.epoch + 1)
                 self.task = self.progress.add_task("train", total=total, info="")
             self.progress.update(self.task, advance=1, description=f"epoch {ev.epoch}/{ev.epochs}",
                                  info=f"loss {ev.loss:.3f}{self.dice}")
+        elif ev.kind == "val_case":
+            if self.val_task is None or ev.step == 1:
+                if self.val_task is not None:
+                    self.progress.remove_task(self.val_task)
+                self.val_task = self.progress.add_task("validating", total=ev.steps, info="cases")
+            self.progress.update(self.val_task, completed=ev.step)
+        elif ev.kind == "phase":
+            self.console.print(escape(ev.message))
+        elif ev.kind == "cache":
+            if self.cache_task is None:
+                self.cache_task = self.progress.add_task("caching", total=ev.steps, info="cases")
+            self.progress.update(self.cache_task, completed=ev.step)
         elif ev.kind == "validation":
-            self.dice = " | val Dice " + " ".join(f"{k} {v:.3f}" for k, v in ev.dice.items())
+            self.dice = " | val Dice " + " ".join(f"{escape(k)} {v:.3f}" for k, v in ev.dice.items())
+            if self.task is not None:  # the bar shows the latest validation, also after the last step
+                loss = f"loss {ev.loss:.3f}" if ev.loss is not None else ""
+                self.progress.update(self.task, info=loss + self.dice)
 
     def on_case(self, res: CaseResult, i: int, n: int) -> None:
         """Callback for :func:`medpipe.infer.infer`."""
         if self.case_task is None:
             self.case_task = self.progress.add_task("segmenting", total=n, info="")
-        self.progress.update(self.case_task, completed=i, info=f"{res.case_id}: {res.status}")
+        self.progress.update(self.case_task, completed=i, info=f"{escape(res.case_id)}: {res.status}")
 
 
 @contextlib.contextmanager
@@ -85,7 +104,7 @@ def case_progress(console: Console, verb: str) -> Iterator[Callable[[CaseResult,
     def on_case(res: CaseResult, i: int, n: int) -> None:
         if not task:
             task.append(progress.add_task(verb, total=n, case=""))
-        progress.update(task[0], completed=i, case=f"{res.case_id}: {res.status}")
+        progress.update(task[0], completed=i, case=f"{escape(res.case_id)}: {res.status}")
 
     with progress:
         yield on_case
@@ -101,8 +120,10 @@ def render_infer(console: Console, result: InferResult) -> None:
         shown = (c.error or "") if c.status == "failed" else str(c.mask or "")
         if c.push is not None and c.push.ok:
             shown += f" (SEG pushed to {c.push.server})"
-        table.add_row(c.case_id, f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}",
-                      "" if c.lesions is None else str(c.lesions), shown)
+        if c.note:
+            shown += f" ({c.note})"
+        table.add_row(escape(c.case_id), f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}",
+                      "" if c.lesions is None else str(c.lesions), escape(shown))
     console.print(table)
 
 
@@ -121,7 +142,7 @@ def render_table(result: EvaluationResult) -> Table:
     for key, entry in result.summary.items():
         empty = entry.empty
         t = tol.get(key)
-        cells = [label_title(key, entry.label_name), str(entry.n_cases), fmt_stat(entry, "dice"),
+        cells = [escape(label_title(key, entry.label_name)), str(entry.n_cases), fmt_stat(entry, "dice"),
                  fmt_stat(entry, "hd95_mm", "median"), fmt_stat(entry, "assd_mm", "median"),
                  fmt_stat(entry, "nsd") + (f" @{t:g} mm" if t is not None else ""),
                  f"{empty['both']}/{empty['ref']}/{empty['pred']}"]
@@ -134,7 +155,7 @@ def render_table(result: EvaluationResult) -> Table:
 
 def render_info(result: InfoResult) -> Any:
     """A rich renderable (a table and a line on skipped files) for ``medpipe info``."""
-    table = Table(title=f"{result.path} ({result.kind})", title_justify="left", show_lines=True)
+    table = Table(title=escape(f"{result.path} ({result.kind})"), title_justify="left", show_lines=True)
     for name in (
         "Series",
         "Description",
@@ -152,7 +173,8 @@ def render_info(result: InfoResult) -> Any:
         spacing = " x ".join(f"{s:.4g}" for s in v.spacing_mm) if v.spacing_mm else "?"
         problems = Text("\n".join(v.problems), style="bold red") if v.problems else Text("none", style="green")
         table.add_row(
-            v.label, v.description, v.modality, size, spacing, v.orientation or "?", v.plane, v.storage, problems
+            *(escape(x) for x in (v.label, v.description, v.modality, size, spacing, v.orientation or "?", v.plane,
+                                  v.storage)), problems
         )
     parts: list[Any] = [table]
     if result.kind == "dicom":
@@ -163,14 +185,14 @@ def render_info(result: InfoResult) -> Any:
 
 def render_convert(result: ConvertResult) -> Any:
     """A rich renderable for ``medpipe convert``: written files, failed volumes (red), skipped files."""
-    table = Table(title=f"converted into {result.out_dir}", title_justify="left")
+    table = Table(title=escape(f"converted into {result.out_dir}"), title_justify="left")
     for name in ("Series", "Description", "File", "Size", "Spacing (mm)", "Orient.", "Type", "Repairs"):
         table.add_column(name, overflow="fold")
     for v in result.written:
         table.add_row(
-            v.label,
-            v.description,
-            v.nifti.name,
+            escape(v.label),
+            escape(v.description),
+            escape(v.nifti.name),
             "x".join(str(s) for s in v.shape),
             " x ".join(f"{s:.4g}" for s in v.spacing_mm),
             v.orientation,
@@ -200,6 +222,10 @@ def render_check(report: CheckReport, max_rows: int = 40) -> Any:
         lines.append(line)
     if len(ordered) > max_rows:
         lines.append(Text(f"... {len(ordered) - max_rows} more in the fingerprint JSON (-o)"))
+    orientations = Counter(c.orientation for c in fp.cases)
+    if len(orientations) > 1:
+        lines.append(Text("voxel orders vary (" + ", ".join(f"{o} {n}" for o, n in orientations.most_common())
+                          + "): normal, every case is reoriented to RAS; only a slice axis out of line is warned"))
     median = list(fp.spacing_mm.median) if fp.spacing_mm else None
     lines.append(Text(f"{report.dataset.format} dataset, {fp.dataset.n_cases} cases, channels "
                       f"{', '.join(fp.dataset.channels)}, modality {fp.modality}, median spacing (RAS) "
@@ -214,7 +240,7 @@ def render_pull(result: PullResult) -> Any:
     for name in ("Series UID", "Folder", "Instances", "Downloaded", "Already there"):
         table.add_column(name, overflow="fold")
     for s in result.series:
-        table.add_row(s.series_uid, str(s.folder), str(s.n_instances), str(s.n_downloaded), str(s.n_present))
+        table.add_row(s.series_uid, escape(str(s.folder)), str(s.n_instances), str(s.n_downloaded), str(s.n_present))
     return table
 
 

@@ -26,6 +26,9 @@ def train(
                                              "hold-out split).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="Dataset layout (overrides data.format): auto, "
                                             "kits, brats2023, brats2021, msd, nnunet, list.")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="A quick check of data and setup before a long run: one "
+                                        "epoch of 3 iterations, small patches, no cache, one validation case "
+                                        "(minutes on a CPU; the model is not meant to be used).")] = False,
 ) -> None:
     """Train a segmentation model; writes best.pt / last.pt, metrics.csv and a training curve.
 
@@ -37,7 +40,7 @@ def train(
         cfg = load_cli_config(config)
         with TrainProgress(err_console) as progress:
             result = run_train(cfg, out_dir, data_root=data, epochs=epochs, device=device, resume=resume,
-                               force=force, fold=fold, fmt=fmt, on_event=progress.update)
+                               force=force, fold=fold, fmt=fmt, on_event=progress.update, smoke=smoke)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     out.print(f"[green]done[/]: best mean validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "

@@ -151,6 +151,12 @@ def inspect_case(case: Case, allowed: set[int] | None, n_channels: int, *, read_
     return facts, issues
 
 
+def _thick_axis(spacing: tuple[float, ...]) -> int | None:
+    """The RAS axis of the thickest spacing when it is clearly the thickest (1.5x the next), else None."""
+    order = np.argsort(spacing)
+    return int(order[-1]) if spacing[order[-1]] >= 1.5 * spacing[order[-2]] else None
+
+
 def _outliers(facts: list[CaseFacts], root: Path) -> list[Issue]:
     """Spacing (per axis, vs the median) and orientation (vs the most common one) outliers: warnings."""
     if len(facts) < 3:
@@ -164,10 +170,14 @@ def _outliers(facts: list[CaseFacts], root: Path) -> list[Issue]:
             out.append(Issue("warning", "spacing", f.case_id, str(root),
                              f"spacing {tuple(round(s, 3) for s in f.spacing_mm)} mm is far from the dataset median "
                              f"{tuple(round(float(s), 3) for s in median)} mm"))
-        if f.orientation != common:
+        thick, usual = _thick_axis(f.spacing_mm), _thick_axis(tuple(median))
+        if thick is not None and usual is not None and thick != usual:
+            # Another voxel order alone is normal (medpipe reorients every case to RAS); it is suspicious when,
+            # in RAS, the slice (thickest) axis lies elsewhere than in the other cases: a header may be wrong.
             out.append(Issue("warning", "orientation", f.case_id, str(root),
-                             f"orientation {f.orientation}, {n_common} of {len(facts)} cases are {common} "
-                             "(medpipe reorients every case to RAS; look at it if its header may be wrong)"))
+                             f"orientation {f.orientation} puts the thick-slice axis along RAS {'RAS'[thick]}, "
+                             f"the dataset's along {'RAS'[usual]} ({n_common} of {len(facts)} cases are {common}); "
+                             "look at it if its header may be wrong"))
     return out
 
 

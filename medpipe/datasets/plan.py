@@ -127,6 +127,27 @@ def _fit_patch(median_shape: list[int], target: list[float], budget: float, in_c
         patch[axis] = max(8, fitted[axis] - div[axis])
 
 
+#: nnU-Net's cross-validation: 5 folds when there are cases enough.
+PLAN_FOLDS = 5
+
+
+def plan_split(n_labelled: int, notes: list[str]) -> dict[str, Any]:
+    """The ``data`` split keys a dataset of ``n_labelled`` cases can train with: 5 folds from 5 cases, one fold per
+    case (leave-one-out) for 3-4 cases, a hold-out split (fold -1, one validation case) for 2; fewer is refused."""
+    if n_labelled < 2:
+        raise DatasetError(f"{n_labelled} labelled case(s): training needs at least 2 (one to train, one to "
+                           "validate)")
+    if n_labelled >= PLAN_FOLDS:
+        return {"fold": 0, "n_folds": PLAN_FOLDS}
+    if n_labelled >= 3:
+        notes.append(f"{n_labelled} labelled cases: {n_labelled}-fold cross-validation (one validation case per "
+                     f"fold) instead of {PLAN_FOLDS} folds, which would need {PLAN_FOLDS} cases")
+        return {"fold": 0, "n_folds": n_labelled}
+    notes.append(f"{n_labelled} labelled cases: a hold-out split (fold -1: one training, one validation case) "
+                 f"instead of {PLAN_FOLDS}-fold cross-validation, which would need {PLAN_FOLDS} cases")
+    return {"fold": -1, "n_folds": PLAN_FOLDS, "val_fraction": 0.5}
+
+
 def plan_from_fingerprint(fp: Fingerprint, *, gpu_mem_gb: float = 8.0, name: str = "") -> Plan:
     """A DynUNet pipeline config for the fingerprinted dataset that fits ``gpu_mem_gb`` of GPU memory."""
     if not fp.cases:
@@ -169,13 +190,14 @@ def plan_from_fingerprint(fp: Fingerprint, *, gpu_mem_gb: float = 8.0, name: str
     else:
         notes.append("MR: per-channel z-score over non-zero voxels, crop to the non-zero box")
     samples = 2 if batch % 2 == 0 else 1
+    split = plan_split(sum(bool(c.label_voxels) for c in fp.cases) or len(fp.cases), notes)
     raw: dict[str, Any] = {
         "name": name or f"plan-{Path(ds.root).name}",
         "modality": modality,
         "channels": channels,
         "labels": labels,
         "regions": regions,
-        "data": {"root": ds.root, "format": ds.layout, "fold": 0, "n_folds": 5, "fingerprint": fp.identity},
+        "data": {"root": ds.root, "format": ds.layout, "fingerprint": fp.identity, **split},
         "transforms": {"orientation": "RAS", "spacing_mm": [round(t, 5) for t in target], **intensity,
                        "patch_size_vox": patch, "samples_per_case": samples, "pos_fraction": 0.67,
                        "augment": True},
@@ -183,7 +205,7 @@ def plan_from_fingerprint(fp: Fingerprint, *, gpu_mem_gb: float = 8.0, name: str
                   "norm": "instance", "deep_supervision": depth >= 3},
         "training": {"epochs": 1000, "iterations_per_epoch": 250, "batch_size": batch // samples, "lr": 0.01,
                      "weight_decay": 3e-5, "optimizer": "sgd", "scheduler": "poly", "val_every": 25, "amp": True,
-                     "num_workers": 8, "cache": True, "seed": 0},
+                     "num_workers": "auto", "cache": True, "seed": 0},
         "inference": {"roi_size_vox": patch, "overlap": 0.5, "sw_batch_size": 2, "blend": "gaussian",
                       "amp": True},
     }
@@ -196,8 +218,11 @@ def render_plan_yaml(plan: Plan, fingerprint_path: Path | None = None) -> str:
     if fingerprint_path is not None:
         head.append(f"# fingerprint: {fingerprint_path}")
     head += [f"# - {n}" for n in plan.notes]
+    data = plan.config.data
+    split = (f"fold 0 of {data.n_folds} (--fold K for the others)" if data.fold >= 0
+             else "a hold-out split (fold -1)")
     head.append("# training follows nnU-Net: SGD lr 0.01 (Nesterov 0.99) poly decay, 1000 epochs x 250 iterations, "
-                "deep supervision, fold 0 of 5 (--fold K for the others)")
+                f"deep supervision, {split}")
     return "\n".join(head) + "\n" + dump_config(plan.config)
 
 

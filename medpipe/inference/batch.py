@@ -32,6 +32,7 @@ from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.dicom.seg import DicomOutput
 from medpipe.io.intensity import HuCheck
 from medpipe.io.memory import is_out_of_memory, out_of_memory_message
+from medpipe.models.trainrange import out_of_range
 from medpipe.runtime import device_reason, versions
 
 #: What to try when a case does not fit in memory (R2).
@@ -51,6 +52,7 @@ class CaseResult:
     push: CasePush | None = None
     #: Lesions listed in ``<case>.lesions.csv`` (all labels); None when not computed in this run.
     lesions: int | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,10 +141,12 @@ def _run_case(seg: Predictor, case: InputCase, out_dir: Path, overwrite: bool, d
         seen.add(loaded.case_id)
         shown = loaded.case_id
         if not overwrite and (done := already_done(out_dir, loaded, seg.model_sha256, seg.cfg.digest(), formats)):
-            return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0)
+            return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0, note=case.note)
         dicom_outputs.check_case(loaded, formats)
         hu = (ct_intensity_check(loaded, strict=not allow_non_hu)
               if seg.cfg.transforms.intensity == "ct_window" else None)
+        far = (out_of_range(seg.training_range, loaded.array, loaded.grid.affine, loaded.grid.spacing_mm)
+               if seg.training_range is not None else ())
         stage[0] = f"segmenting ({' x '.join(str(n) for n in loaded.array.shape[1:])} voxels)"
         labels, details = seg.segment(loaded)
         stage[0] = "writing the mask"
@@ -152,9 +156,11 @@ def _run_case(seg: Predictor, case: InputCase, out_dir: Path, overwrite: bool, d
         lesions = write_lesions(out_dir / f"{loaded.case_id}.lesions.csv", labels, loaded.grid, seg.cfg.labels,
                                 seg.cfg.inference.min_lesion_ml)
         seconds = time.perf_counter() - t0
-        side = replace(build_sidecar(seg, loaded, mask, details, seconds, hu, written), lesions=lesions)
+        side = replace(build_sidecar(seg, loaded, mask, details, seconds, hu, written), lesions=lesions,
+                       out_of_training_range=far)
         write_json_atomic(out_dir / f"{loaded.case_id}.json", side.to_json())
-        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds, lesions=lesions.n_lesions)
+        note = "; ".join(x for x in (case.note, *(f"outside the training range: {f}" for f in far)) if x)
+        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds, lesions=lesions.n_lesions, note=note or None)
     except MedpipeError as err:
         return CaseResult(shown, "failed", error=str(err), seconds=time.perf_counter() - t0)
 

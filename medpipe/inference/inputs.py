@@ -29,6 +29,7 @@ class InputCase:
     case_id: str
     files: tuple[Path, ...] = ()
     dicom_dir: Path | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,21 @@ def collect_inputs(paths: list[Path], channels: tuple[str, ...]) -> list[InputCa
     or nnU-Net ``_0000``) files for every channel."""
     files: list[Path] = []
     cases: list[InputCase] = []
+    notes: dict[Path, str] = {}
     for p in paths:
         if p.is_dir():
             nifti = sorted(f for f in p.iterdir() if f.is_file() and is_nifti_path(f))
-            if nifti:
-                files += nifti
+            labels = [f for f in nifti if is_label_file(f)]
+            images = [f for f in nifti if f not in labels]
+            if labels and images:
+                for f in images:
+                    notes[f] = (f"image {f.name}; label file(s) {', '.join(x.name for x in labels)} "
+                                "not segmented")
+            if labels and not images:
+                raise InputError(f"folder holds only label files ({', '.join(x.name for x in labels)}), "
+                                 "no image to segment", path=p)
+            if images:
+                files += images
             elif _is_dicom_dir(p):
                 cases.append(InputCase(case_id="", dicom_dir=p))
             else:
@@ -124,10 +135,23 @@ def collect_inputs(paths: list[Path], channels: tuple[str, ...]) -> list[InputCa
         else:
             raise InputError("input not found", path=p)
     if len(channels) == 1:
-        cases += [InputCase(_single_case_id(f), (f,)) for f in files]
+        cases += [InputCase(_single_case_id(f), (f,), note=notes.get(f)) for f in files]
     else:
         cases += _group_channels(files, channels)
     return cases
+
+
+#: Label-file names of the known layouts: KiTS ``segmentation.nii.gz``, BraTS/others ``*_seg`` / ``*-seg``.
+LABEL_STEMS = ("segmentation", "seg", "label", "labels", "mask")
+
+
+def is_label_file(path: Path) -> bool:
+    """Is this NIfTI file a label map by the conventions of the known dataset layouts (KiTS
+    ``segmentation.nii.gz``, BraTS ``*-seg.nii.gz``, ``*_seg``, anything in an nnU-Net/MSD ``labelsTr`` folder)?"""
+    stem = case_id_from_path(path).lower()
+    if path.parent.name in ("labelsTr", "labelsTs"):
+        return True
+    return stem in LABEL_STEMS or stem.endswith(("_seg", "-seg", "_segmentation", "-segmentation"))
 
 
 #: File names that say nothing about the case (KiTS: ``case_00012/imaging.nii.gz``): the folder names it.

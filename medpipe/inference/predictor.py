@@ -18,8 +18,9 @@ from medpipe.inference.export import labels_on_grid
 from medpipe.inference.inputs import LoadedCase
 from medpipe.inference.sidecar import SegmentDetails
 from medpipe.labels import label_scores
-from medpipe.models.checkpoint import model_from_checkpoint
+from medpipe.models.checkpoint import load_checkpoint, model_from_loaded
 from medpipe.models.package import is_package, load_package_models
+from medpipe.models.trainrange import TrainingRange
 from medpipe.runtime import resolve_device, sha256_file
 from medpipe.transforms import preprocess
 
@@ -45,15 +46,19 @@ class Predictor:
         self.device = resolve_device("cpu" if engine == "onnxruntime" and device == "auto" else device)
         self.checkpoint = checkpoint
         self.engine = engine
+        #: What the model was trained on (None for packages and for checkpoints written before medpipe stored it).
+        self.training_range: TrainingRange | None = None
         if is_package(checkpoint):  # a medpipe package: one network per fold, probabilities averaged
             self.models, cfg, self.model_sha256 = load_package_models(checkpoint, self.device, engine)
         else:
             if engine != "torch":
                 raise CheckpointError(f"--engine {engine} needs a package with ONNX files", path=checkpoint,
                                       hint="medpipe package RUN_DIR --onnx -o model.zip")
-            model, cfg = model_from_checkpoint(checkpoint, self.device)
+            ckpt = load_checkpoint(checkpoint)
+            model, cfg = model_from_loaded(ckpt, checkpoint, self.device)
             self.models = [model]
             self.model_sha256 = sha256_file(checkpoint)
+            self.training_range = TrainingRange.from_json(ckpt.get("training_range", {}))
         self.model = self.models[0]
         overrides = {"overlap": overlap, "sw_batch_size": sw_batch_size}
         self.cfg: PipelineConfig = cfg.with_overrides(

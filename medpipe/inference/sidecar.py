@@ -131,6 +131,8 @@ class InferenceSidecar:
     seconds_total: float
     versions: dict[str, str]
     intensity_check: HuCheck | None = None
+    #: Where the input lies far outside the spacing/intensity range the model was trained on (empty: inside it).
+    out_of_training_range: tuple[str, ...] = ()
     status: str = "ok"
     dicomweb_push: CasePush | None = None
     dicom_outputs: dict[str, DicomOutput] = field(default_factory=dict)
@@ -156,6 +158,7 @@ class InferenceSidecar:
         }
         if self.intensity_check is not None:
             out["intensity_check"] = self.intensity_check.to_json()
+        out["out_of_training_range"] = list(self.out_of_training_range)
         out["seconds_total"] = self.seconds_total
         out["versions"] = dict(self.versions)
         if self.lesions is not None:
@@ -181,6 +184,7 @@ class InferenceSidecar:
             dicomweb_push=CasePush.from_json(push) if isinstance(push, dict) else None,
             dicom_outputs={k: DicomOutput.from_json(v) for k, v in d.get("outputs", {}).items() if k != "nifti"},
             lesions=LesionSummary.from_json(les) if isinstance(les, dict) else None,
+            out_of_training_range=tuple(str(x) for x in d.get("out_of_training_range", ())),
         )
 
 

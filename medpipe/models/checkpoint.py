@@ -79,7 +79,12 @@ def config_of(ckpt: dict[str, Any], path: str | Path) -> PipelineConfig:
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, PipelineConfig]:
     """Rebuild the network from a checkpoint and load its weights strictly."""
-    ckpt = load_checkpoint(path)
+    return model_from_loaded(load_checkpoint(path), path, device)
+
+
+def model_from_loaded(ckpt: dict[str, Any], path: str | Path,
+                      device: str | torch.device = "cpu") -> tuple[nn.Module, PipelineConfig]:
+    """:func:`model_from_checkpoint` for a checkpoint already read with :func:`load_checkpoint`."""
     cfg = config_of(ckpt, path)
     model = build_model(cfg)
     try:

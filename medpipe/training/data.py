@@ -10,6 +10,8 @@ chain (load, orient, resample, normalise, crop, pad) is cached; patch sampling a
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +97,37 @@ def cache_key(cfg: PipelineConfig, identity: str) -> str:
     return short_hash(keys)
 
 
-def make_dataset(cfg: PipelineConfig, cases: list[Case], transform: Any, identity: str, part: str) -> Any:
+class _Counter:
+    """Counts cases cached in memory and reports ``(done, total)`` after each (threads may finish together)."""
+
+    def __init__(self, total: int, report: Callable[[int, int], None] | None) -> None:
+        self.total, self.report, self.done, self.lock = total, report, 0, threading.Lock()
+
+    def __call__(self) -> None:
+        with self.lock:
+            self.done += 1
+            if self.report is not None:
+                self.report(self.done, self.total)
+
+
+def _reporting_cache_class() -> Any:
+    class ReportingCacheDataset(CacheDataset):  # type: ignore[misc]
+        """CacheDataset that calls ``on_item()`` after each case it has preprocessed into memory."""
+
+        def __init__(self, *args: Any, on_item: Callable[[], None], **kwargs: Any) -> None:
+            self._on_item = on_item
+            super().__init__(*args, **kwargs)
+
+        def _load_cache_item(self, idx: int) -> Any:
+            item = super()._load_cache_item(idx)
+            self._on_item()
+            return item
+
+    return ReportingCacheDataset
+
+
+def make_dataset(cfg: PipelineConfig, cases: list[Case], transform: Any, identity: str, part: str,
+                 on_item: Callable[[], None] = lambda: None) -> Any:
 
     data = [c.as_dict() for c in cases]
     t = cfg.training
@@ -105,7 +137,8 @@ def make_dataset(cfg: PipelineConfig, cases: list[Case], transform: Any, identit
         return _persistent_dataset_class()(data=data, transform=transform, cache_dir=folder)
     if t.cache:
         threads = max(1, min(8, os.cpu_count() or 1))
-        return CacheDataset(data=data, transform=transform, cache_rate=1.0, num_workers=threads, progress=False)
+        return _reporting_cache_class()(data=data, transform=transform, cache_rate=1.0, num_workers=threads,
+                                        progress=False, on_item=on_item)
     return Dataset(data=data, transform=transform)
 
 
@@ -131,21 +164,24 @@ class EpochSampler(DistributedSampler):  # type: ignore[type-arg]
 
 
 def build_loaders(cfg: PipelineConfig, train_cases: list[Case], val_cases: list[Case], identity: str,
-                  dist: DistInfo, device: str, notices: list[str] | None = None) -> Loaders:
+                  dist: DistInfo, device: str, notices: list[str] | None = None,
+                  on_cached: Callable[[int, int], None] | None = None) -> Loaders:
     """Datasets and the training loader. Under DDP each rank validates its share ``val_cases[rank::world]``.
     With worker processes and too little /dev/shm (Docker's 64 MB default) the loader runs without workers and
-    a notice saying so (and how to fix it) is appended to ``notices``."""
-    note = shm_plan(cfg.training.num_workers, shm_need_bytes(cfg), shm_free_bytes())
+    a notice saying so (and how to fix it) is appended to ``notices``. ``on_cached(done, total)`` reports caching."""
+    note = shm_plan(int(cfg.training.num_workers), shm_need_bytes(cfg), shm_free_bytes())
     if note is not None and notices is not None:
         notices.append(note)
 
     train_tf = train_transforms(cfg)
-    train_ds = make_dataset(cfg, train_cases, train_tf, identity, "train")
-    val_ds = make_dataset(cfg, val_cases[dist.rank::dist.world_size], val_transforms(cfg), identity, "val")
+    mine = val_cases[dist.rank::dist.world_size]
+    counter = _Counter(len(train_cases) + len(mine), on_cached)
+    train_ds = make_dataset(cfg, train_cases, train_tf, identity, "train", counter)
+    val_ds = make_dataset(cfg, mine, val_transforms(cfg), identity, "val", counter)
     generator = torch.Generator().manual_seed(cfg.training.seed)
     t = cfg.training
     sampler = EpochSampler(train_ds, dist.world_size, dist.rank, t.seed, t.iterations_per_epoch * t.batch_size)
-    workers = 0 if note is not None else t.num_workers
+    workers = 0 if note is not None else int(t.num_workers)  # resolved by the trainer (resources.loader_workers)
     loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=False, sampler=sampler,
                         num_workers=workers, collate_fn=list_data_collate, generator=generator,
                         pin_memory=device.startswith("cuda"), persistent_workers=False,

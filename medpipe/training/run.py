@@ -21,8 +21,30 @@ from medpipe.training.trainer import Trainer
 __all__ = ["EpochStats", "TrainEvent", "TrainResult", "Trainer", "resume_key", "train"]
 
 
+#: ``--smoke``: iterations of the one epoch a smoke run trains.
+SMOKE_ITERATIONS = 3
+
+
+def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
+    """``--smoke``: the same data, model and preprocessing, but one epoch of a few iterations, the smallest patch
+    the network takes (at least 32 voxels), no cache, a hold-out split with one validation case; a check of the
+    data and setup that finishes on a CPU in minutes, not a model."""
+    total = 1
+    for s in cfg.model.strides:
+        total *= max(s) if isinstance(s, list | tuple) else int(s)
+    side = max(32, total)
+    patch = (side, side, side)
+    return cfg.with_overrides(
+        data={"fold": -1, "val_fraction": 0.01},
+        transforms={"patch_size_vox": patch, "samples_per_case": 1},
+        training={"epochs": 1, "iterations_per_epoch": SMOKE_ITERATIONS, "batch_size": 1, "val_every": 1,
+                  "cache": False, "cache_dir": "", "num_workers": 0},
+        inference={"roi_size_vox": patch, "sw_batch_size": 1, "overlap": 0.0},
+    )
+
+
 def apply_overrides(cfg: PipelineConfig, *, data_root: Path | None = None, epochs: int | None = None,
-                    fold: int | None = None, fmt: str | None = None) -> PipelineConfig:
+                    fold: int | None = None, fmt: str | None = None, smoke: bool = False) -> PipelineConfig:
     """CLI flags over the YAML: ``--data``, ``--epochs``, ``--fold``, ``--format`` (checked here)."""
     data: dict[str, object] = {}
     if data_root is not None:
@@ -40,6 +62,8 @@ def apply_overrides(cfg: PipelineConfig, *, data_root: Path | None = None, epoch
                               hint=f"pass --fold between 0 and {n - 1}, or -1 for a hold-out split")
         data["fold"] = fold
     cfg = cfg.with_overrides(data=data)
+    if smoke:
+        cfg = smoke_config(cfg)
     if epochs is not None:
         cfg = cfg.with_overrides(training={"epochs": epochs})
     return cfg
@@ -47,13 +71,14 @@ def apply_overrides(cfg: PipelineConfig, *, data_root: Path | None = None, epoch
 
 def train(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None = None, epochs: int | None = None,
           device: str = "auto", resume: bool = False, force: bool = False, fold: int | None = None,
-          fmt: str | None = None, on_event: Callable[[TrainEvent], None] | None = None) -> TrainResult:
+          fmt: str | None = None, on_event: Callable[[TrainEvent], None] | None = None,
+          smoke: bool = False) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (CLI flags override the YAML: ``data_root``, ``epochs``, ``fold``, ``fmt``).
 
     Under ``torchrun`` every process calls this with the same arguments: it joins the process group, trains
     its share of each batch, and only rank 0 writes the run folder and reports ``on_event``.
     """
-    cfg = apply_overrides(cfg, data_root=data_root, epochs=epochs, fold=fold, fmt=fmt)
+    cfg = apply_overrides(cfg, data_root=data_root, epochs=epochs, fold=fold, fmt=fmt, smoke=smoke)
     run_dir = Path(run_dir)
     if resume and not resumable(run_dir):
         raise CheckpointError("nothing to resume: no last.pt in the run folder", path=run_dir)

@@ -49,28 +49,9 @@ class RunLog:
 
     def plot(self) -> None:
         """Loss and validation Dice against epoch, as a PNG in the run folder."""
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        epochs = [r["epoch"] for r in self.rows]
-        fig, ax1 = plt.subplots(figsize=(7, 3.8), dpi=110)
-        ax1.plot(epochs, [r["train_loss"] for r in self.rows], color="#4c72b0", label="train loss")
-        ax1.set_xlabel("epoch")
-        ax1.set_ylabel("loss", color="#4c72b0")
-        ax2 = ax1.twinx()
-        dice_keys = sorted({k for r in self.rows for k in r if k.startswith("val_dice_")})
-        for key in dice_keys:
-            pts = [(r["epoch"], r[key]) for r in self.rows if r.get(key) not in (None, "")]
-            if pts:
-                ax2.plot(*zip(*pts, strict=False), marker="o", ms=3, label=key.replace("val_dice_", "Dice "))
-        ax2.set_ylim(0, 1)
-        ax2.set_ylabel("validation Dice")
-        handles = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-        ax1.legend(handles, [str(h.get_label()) for h in handles], loc="center right", fontsize=8)
-        ax1.grid(alpha=0.3)
-        fig.tight_layout()
+        fig = curve_figure(self.rows)
         write_with(self.png, lambda p: fig.savefig(p, format="png"))
         plt.close(fig)
 
@@ -94,3 +75,37 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                     parsed[k] = v
             out.append(parsed)
     return out
+
+
+#: The loss line's colour and the Dice lines' colours: loss in dark blue, Dice in hues far from it (orange, green,
+#: red, purple, brown, pink), so that no Dice line can be taken for the loss.
+LOSS_COLOUR = "#1f3b73"
+DICE_COLOURS = ("#e6550d", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+
+
+def curve_figure(rows: list[dict[str, Any]]) -> Any:
+    """The training-curve figure (matplotlib, Agg): train loss (left axis) and validation Dice (right axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, ax1 = plt.subplots(figsize=(7, 3.8), dpi=110)
+    ax1.plot(epochs, [r["train_loss"] for r in rows], color=LOSS_COLOUR, lw=2, label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss", color=LOSS_COLOUR)
+    ax2 = ax1.twinx()
+    dice_keys = sorted({k for r in rows for k in r if k.startswith("val_dice_")})
+    for i, key in enumerate(dice_keys):
+        pts = [(r["epoch"], r[key]) for r in rows if r.get(key) not in (None, "")]
+        if pts:
+            ax2.plot(*zip(*pts, strict=False), marker="o", ms=3, color=DICE_COLOURS[i % len(DICE_COLOURS)],
+                     ls="--" if key == "val_dice_mean" else "-", label=key.replace("val_dice_", "Dice "))
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("validation Dice")
+    handles = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax1.legend(handles, [str(h.get_label()) for h in handles], loc="center right", fontsize=8)
+    ax1.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

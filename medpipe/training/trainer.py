@@ -28,10 +28,12 @@ from medpipe.io.atomic import write_json_atomic, write_text_atomic
 from medpipe.labels import label_scores
 from medpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from medpipe.models.factory import build_model, uses_deep_supervision
+from medpipe.models.trainrange import training_range
 from medpipe.training.data import build_loaders
 from medpipe.training.distributed import DistInfo, broadcast_object, gather_objects, mean_across_ranks
 from medpipe.training.events import EpochStats, TrainEvent, TrainResult
 from medpipe.training.losses import SegmentationLoss
+from medpipe.training.resources import fit_cache, loader_workers
 from medpipe.training.runlog import RunLog, read_rows
 from medpipe.training.state import (
     STAGED_CHECKPOINT,
@@ -121,8 +123,22 @@ class Trainer:
             if splits is not None:
                 write_json_atomic(self.run_dir / "splits.json", {"n_folds": cfg.data.n_folds, "seed": cfg.data.seed,
                                                                  "folds": splits})
-        self.data = build_loaders(cfg, self.train_cases, self.val_cases, self.fingerprint, self.dist, self.device,
-                                  self.notices)
+        self.train_range = (training_range([c.images for c in self.train_cases], cfg.channels)
+                            if self.dist.is_main else None)  # stored in checkpoints: infer warns far outside it
+        t = cfg.training
+        workers, note = loader_workers(t.num_workers, self.dist.world_size)
+        fitted, cache_note = fit_cache(cfg.with_overrides(training={"num_workers": workers}), cases, self.run_dir)
+        for n in (note, cache_note):
+            if n:
+                self.emit(TrainEvent("notice", 0, t.epochs, message=n))
+        ft = fitted.training
+        how = (f"on disk in {ft.cache_dir}" if ft.cache_dir else "in memory" if ft.cache else "")
+        if how:
+            self.emit(TrainEvent("phase", 0, t.epochs, message=(
+                f"preprocessing and caching {len(cases)} cases {how} before the first step ...")))
+        self.data = build_loaders(fitted, self.train_cases, self.val_cases, self.fingerprint, self.dist, self.device,
+                                  self.notices,
+                                  on_cached=lambda i, n: self.emit(TrainEvent("cache", 0, t.epochs, i, n)))
 
     # ----- model --------------------------------------------------------------------------------------------
     @property
@@ -165,6 +181,7 @@ class Trainer:
                 optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), scaler=self.scaler.state_dict(),
                 rng=rng_state(), loader_rng=self.data.generator.get_state(), resume_key=resume_key(self.cfg),
                 data_fingerprint=self.fingerprint, world_size=self.dist.world_size, device=self.device,
+                training_range=self.train_range.to_json() if self.train_range is not None else {},
             )
         except OutputError as err:
             kept = [n for n in ("best.pt", "last.pt", "previous.pt") if (self.run_dir / n).is_file()]
@@ -284,7 +301,8 @@ class Trainer:
         per_name: dict[str, list[float]] = {n: [] for n in names}
         with torch.no_grad(), torch.autocast(device_type="cuda", dtype=self.amp_dtype or torch.float16,
                                              enabled=self.amp_dtype is not None):
-            for item in self.data.val_ds:
+            n_val = len(self.data.val_ds)
+            for i_val, item in enumerate(self.data.val_ds):
                 img = item["image"][None].to(self.device)
                 logits = sliding_window_inference(img, inf.roi_size_vox, inf.sw_batch_size, self.net,
                                                   overlap=inf.overlap, mode=inf.blend)
@@ -293,6 +311,7 @@ class Trainer:
                 for name, row in zip(names, score_arrays(pred, ref, self.cfg.transforms.spacing_mm, scored),
                                      strict=True):
                     per_name[name].append(float("nan") if row.dice is None else float(row.dice))
+                self.emit(TrainEvent("val_case", 0, self.cfg.training.epochs, i_val + 1, n_val))
         merged: dict[str, list[float]] = {n: [] for n in names}
         for part in gather_objects(per_name, self.dist):
             for n, v in part.items():

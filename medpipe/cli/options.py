@@ -45,3 +45,13 @@ def parse_tolerances(text: str) -> float | dict[int, float]:
     if any(not math.isfinite(v) or v < 0 for v in out.values()):
         raise ConfigError(f"NSD tolerances must be finite and >= 0, got {text!r}")
     return out
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    """``"0,2"`` or ``"0 2"`` -> [0, 2]; None -> None (all folds); :class:`ConfigError` if malformed."""
+    if text is None:
+        return None
+    items = [t for t in text.replace(",", " ").split() if t]
+    if not items or not all(t.isdigit() for t in items):
+        raise ConfigError(f"bad --folds {text!r}", hint="write fold numbers: --folds 0,2 or --folds '0 2'")
+    return [int(t) for t in items]

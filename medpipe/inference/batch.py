@@ -8,7 +8,7 @@ already exist for the same input, model and config is skipped, so an interrupted
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,9 @@ from typing import Any
 from medpipe.errors import InputError, MedpipeError
 from medpipe.inference.export import write_mask
 from medpipe.inference.inputs import InputCase, collect_inputs, ct_intensity_check, load_case
-from medpipe.inference.predictor import Predictor, find_checkpoint
+from medpipe.inference.memory import peaks, reset_peaks
+from medpipe.inference.outputs import extra_outputs, write_extras
+from medpipe.inference.predictor import Predictor
 from medpipe.inference.sidecar import already_done, build_sidecar
 from medpipe.io.atomic import ensure_writable_dir, write_json_atomic
 
@@ -30,6 +32,8 @@ class CaseResult:
     mask: Path | None = None
     error: str | None = None
     seconds: float = 0.0
+    #: QC summary for the batch table (:meth:`medpipe.inference.qc.CaseQC.summary`): review, reasons, volumes.
+    qc: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,19 @@ class InferResult:
         return sum(c.status == "failed" for c in self.cases)
 
 
-def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto", overlap: float | None = None,
-          sw_batch_size: int | None = None, overwrite: bool = False, dicom_options: dict[str, Any] | None = None,
-          allow_non_hu: bool = False,
-          on_case: Callable[[CaseResult, int, int], None] | None = None) -> InferResult:
+def infer(run: Path | Sequence[Path], inputs: list[Path], out_dir: Path, *, device: str = "auto",
+          overlap: float | None = None, sw_batch_size: int | None = None, overwrite: bool = False,
+          dicom_options: dict[str, Any] | None = None, allow_non_hu: bool = False,
+          on_case: Callable[[CaseResult, int, int], None] | None = None, folds: Sequence[int] | None = None,
+          tta: str | None = None, save_probabilities: bool = False, save_uncertainty: bool = False) -> InferResult:
     """Segment every input case into ``out_dir`` (``<case>.nii.gz`` + ``<case>.json``).
 
+    ``run``: a run folder, a checkpoint, a folder of ``fold_*/`` run folders, or several of these (an
+    ensemble; ``folds`` picks folds). ``tta``: none | flip | all (default: the config's ``inference.tta``).
     For CT models (``ct_window`` intensity) each case must look like CT in HU (:func:`ct_intensity_check`)
     unless ``allow_non_hu``."""
     ensure_writable_dir(out_dir)
-    seg = Predictor(find_checkpoint(run), device, overlap, sw_batch_size)
+    seg = Predictor(run, device, overlap, sw_batch_size, folds=folds, tta=tta)
     cases = collect_inputs(inputs, seg.cfg.channels)
     if not cases:
         raise InputError("no input images found", path=", ".join(str(p) for p in inputs))
@@ -59,7 +66,8 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
     seen: set[str] = set()
     for i, case in enumerate(cases):
         res = run_case(seg, case, out_dir, overwrite=overwrite, dicom_options=dicom_options,
-                       allow_non_hu=allow_non_hu, reserved=seen)
+                       allow_non_hu=allow_non_hu, reserved=seen, save_probabilities=save_probabilities,
+                       save_uncertainty=save_uncertainty)
         results.append(res)
         if on_case:
             on_case(res, i + 1, len(cases))
@@ -68,10 +76,14 @@ def infer(run: Path, inputs: list[Path], out_dir: Path, *, device: str = "auto",
 
 def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool = False,
              dicom_options: dict[str, Any] | None = None, allow_non_hu: bool = False,
-             reserved: set[str] | None = None) -> CaseResult:
+             reserved: set[str] | None = None, save_probabilities: bool = False,
+             save_uncertainty: bool = False) -> CaseResult:
     """Segment one case into ``out_dir`` (mask + sidecar, each written atomically). Never raises a MedpipeError:
     a bad case comes back as ``status="failed"`` with the reason. ``reserved``: case ids already written by this
-    batch (a second input with the same id is refused; the id is added)."""
+    batch (a second input with the same id is refused; the id is added). ``save_probabilities`` /
+    ``save_uncertainty`` add ``<case>_probabilities.nii.gz`` / ``<case>_uncertainty.nii.gz``
+    (:mod:`medpipe.inference.probabilities`). The sidecar holds QC (:mod:`medpipe.inference.qc`) and peak
+    memory."""
     seen = reserved if reserved is not None else set()
     t0 = time.perf_counter()
     shown = case.case_id or "DICOM series"
@@ -82,17 +94,24 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
                              path=case.files[0] if case.files else case.dicom_dir)
         seen.add(loaded.case_id)
         shown = loaded.case_id
-        if not overwrite and (done := already_done(out_dir, loaded, seg)):
+        extra = extra_outputs(loaded.case_id, save_probabilities, save_uncertainty)
+        if not overwrite and (done := already_done(out_dir, loaded, seg, extra)):
             return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0)
         hu = (ct_intensity_check(loaded, strict=not allow_non_hu)
               if seg.cfg.transforms.intensity == "ct_window" else None)
-        labels, details = seg.segment(loaded)
+        reset_peaks(seg.device)
+        pred = seg.predict(loaded)
+        details = dict(pred.details)
         if hu is not None:
             details["intensity_check"] = hu
-        mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", labels, loaded.grid)
+        mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", pred.labels, loaded.grid)
+        qc, written = write_extras(seg, pred, loaded, out_dir, save_probabilities, save_uncertainty)
+        details["outputs"] = written
+        details["qc"] = qc.to_json()
+        details["memory"] = peaks(seg.device)
         seconds = time.perf_counter() - t0
         write_json_atomic(out_dir / f"{loaded.case_id}.json", build_sidecar(seg, loaded, mask, details, seconds))
-        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds)
+        return CaseResult(loaded.case_id, "ok", mask, seconds=seconds, qc=qc.summary())
     except MedpipeError as err:
         return CaseResult(shown, "failed", error=str(err), seconds=time.perf_counter() - t0)
 

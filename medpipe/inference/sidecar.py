@@ -17,7 +17,8 @@ def build_sidecar(seg: Predictor, case: LoadedCase, mask: Path, details: dict[st
         "mask": mask.name,
         "status": "ok",
         "input_sha256": case.input_sha256,
-        "model": {"checkpoint": seg.checkpoint.name, "sha256": seg.model_sha256, "arch": seg.cfg.model.arch},
+        "model": {"checkpoint": seg.checkpoint.name, "sha256": seg.model_sha256, "arch": seg.cfg.model.arch,
+                  "n_models": len(seg.model_set.models)},
         "config_hash": seg.cfg.digest(),
         "labels": {str(k): v for k, v in seg.cfg.labels.items()},
         "source_grid": case.grid.to_json(),
@@ -31,9 +32,11 @@ def build_sidecar(seg: Predictor, case: LoadedCase, mask: Path, details: dict[st
     }
 
 
-def already_done(out_dir: Path, case: LoadedCase, seg: Predictor) -> Path | None:
+def already_done(out_dir: Path, case: LoadedCase, seg: Predictor, extra: tuple[str, ...] = ()) -> Path | None:
+    """The mask if this case was finished for the same input, models and config (and every ``extra`` output
+    file, e.g. ``<case>_probabilities.nii.gz``, exists); else None."""
     mask, side = out_dir / f"{case.case_id}.nii.gz", out_dir / f"{case.case_id}.json"
-    if not (mask.is_file() and side.is_file()):
+    if not (mask.is_file() and side.is_file()) or not all((out_dir / name).is_file() for name in extra):
         return None
     try:
         meta = json.loads(side.read_text())

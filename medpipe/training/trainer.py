@@ -92,7 +92,11 @@ class Trainer:
                                f"the plan recorded {cfg.data.fingerprint})", path=ds.root,
                                hint="run `medpipe plan` again, or clear data.fingerprint in the config")
         preflight(cases, cfg.labels, cfg.in_channels, ds.root)
+        self.volume_ranges: dict[str, list[float]] = {}
         if self.dist.is_main:
+            from medpipe.training.volumes import volume_ranges
+
+            self.volume_ranges = volume_ranges([c.label for c in self.train_cases if c.label], cfg.labels)
             write_json_atomic(self.run_dir / "split.json", {
                 "fold": cfg.data.fold, "train": [c.case_id for c in self.train_cases],
                 "val": [c.case_id for c in self.val_cases]})
@@ -144,6 +148,7 @@ class Trainer:
             optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), scaler=self.scaler.state_dict(),
             rng=rng_state(), loader_rng=self.data.generator.get_state(), resume_key=resume_key(self.cfg),
             data_fingerprint=self.fingerprint, world_size=self.dist.world_size,
+            label_volumes_ml=self.volume_ranges,
         )
 
     def restore(self, force: bool) -> tuple[int, tuple[int, float]]:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -91,11 +92,12 @@ def case_progress(console: Console, verb: str) -> Iterator[Callable[[CaseResult,
 def render_infer(console: Console, result: InferResult) -> None:
     """A table of cases with status, seconds and the mask written (or the error)."""
     table = Table(title="medpipe infer", show_lines=False)
-    for col in ("case", "status", "seconds", "mask / error"):
+    for col in ("case", "status", "seconds", "QC", "mask / error"):
         table.add_column(col)
     style = {"ok": "green", "skipped": "cyan", "failed": "red"}
     for c in result.cases:
-        table.add_row(c.case_id, f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}",
+        qc = "" if c.qc is None else ("[yellow]review[/]: " + escape(c.qc["qc_reasons"]) if c.qc["review"] else "ok")
+        table.add_row(c.case_id, f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}", qc,
                       str(c.mask) if c.mask else (c.error or ""))
     console.print(table)
 

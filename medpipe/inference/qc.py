@@ -53,8 +53,8 @@ class CaseQC:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": self.format, "review": self.review, "reasons": list(self.reasons),
-                "labels": {str(lq.value): {k: v for k, v in asdict(lq).items() if k != "value"}
-                           for lq in self.labels}}
+                "labels": {str(lq.value): {k: list(v) if isinstance(v, tuple) else v
+                                           for k, v in asdict(lq).items() if k != "value"} for lq in self.labels}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CaseQC:

@@ -99,11 +99,14 @@ class Predictor:
         net = network if network is not None else self.model
         use_amp = inf.amp and self.device.startswith("cuda")
 
+        # fp16 stitching on CUDA: MONAI stitches in the input's dtype, so an fp16 input halves the output buffers
+        x = image.to(self.device, dtype=torch.float16 if use_amp else image.dtype)
+
         def run(out_device: str, buffer_steps: int | None = None) -> torch.Tensor:
             shape = list(image.shape[2:])
             with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                 return sliding_window_inference(  # type: ignore[return-value]
-                    image.to(self.device), roi_size=inf.roi_size_vox, sw_batch_size=inf.sw_batch_size,
+                    x, roi_size=inf.roi_size_vox, sw_batch_size=inf.sw_batch_size,
                     predictor=net, overlap=inf.overlap, mode=inf.blend, sw_device=self.device,
                     device=out_device, buffer_steps=buffer_steps, buffer_dim=shape.index(max(shape)),
                 )
@@ -148,29 +151,44 @@ class Predictor:
         return EnsembleScores(total / n_total, entropy_sum, n_total, rung)
 
     # ----- one case -----------------------------------------------------------------------------------------
-    def predict(self, case: LoadedCase) -> Prediction:
-        """Mask on the case's source grid plus the network-grid mean scores and sidecar details."""
+    def prepare(self, case: LoadedCase) -> MetaTensor:
+        """The case preprocessed onto the network grid: (C, X, Y, Z) with its affine (the read stage)."""
         if self._pre is None:
             self._pre = preprocess(self.cfg, with_label=False, load=False)
-        t0 = time.perf_counter()
         img = MetaTensor(torch.from_numpy(case.array), meta={"affine": torch.as_tensor(case.grid.affine)})
-        net_img = self._pre({"image": img})["image"]
-        t1 = time.perf_counter()
-        ens = self.scores(torch.as_tensor(net_img)[None])
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        return self._pre({"image": img})["image"]
+
+    def finish(self, case: LoadedCase, net_img: MetaTensor, ens: EnsembleScores,
+               timings: dict[str, float] | None = None) -> Prediction:
+        """Export the mean scores onto the case's source grid (the mask) and collect the details."""
         t2 = time.perf_counter()
         probs_mt = MetaTensor(ens.mean, meta={"affine": net_img.affine.to(torch.float64)})
         labels = labels_on_grid(probs_mt, case.grid, self.label_values)
         labels = self._postprocess(labels)
-        t3 = time.perf_counter()
         details = {
             "network_grid": {"shape": list(net_img.shape[1:]), "spacing_mm": list(self.cfg.transforms.spacing_mm)},
             "memory_rung": ens.rung,
+            "stitch_dtype": "float16" if self.cfg.inference.amp and self.device.startswith("cuda") else "float32",
             "ensemble": self.describe(),
-            "timings_s": {"preprocess": round(t1 - t0, 3), "inference": round(t2 - t1, 3), "export": round(t3 - t2, 3)},
+            "timings_s": {**(timings or {}), "export": round(time.perf_counter() - t2, 3)},
         }
         return Prediction(labels, probs_mt, ens.entropy_sum, ens.n_passes, details)
+
+    def run_network(self, net_img: MetaTensor) -> EnsembleScores:
+        """The ensemble's mean scores of a preprocessed case (the device stage)."""
+        ens = self.scores(torch.as_tensor(net_img)[None])
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return ens
+
+    def predict(self, case: LoadedCase) -> Prediction:
+        """Mask on the case's source grid plus the network-grid mean scores and sidecar details."""
+        t0 = time.perf_counter()
+        net_img = self.prepare(case)
+        t1 = time.perf_counter()
+        ens = self.run_network(net_img)
+        t2 = time.perf_counter()
+        return self.finish(case, net_img, ens, {"preprocess": round(t1 - t0, 3), "inference": round(t2 - t1, 3)})
 
     def segment(self, case: LoadedCase) -> tuple[np.ndarray, dict[str, Any]]:
         """Mask (I, J, K) on the case's source grid, and timings/details for the sidecar."""

@@ -22,8 +22,9 @@ from medpipe.io.atomic import atomic_path
 from medpipe.io.geometry import Grid, check_on_grid
 from medpipe.io.nifti import label_dtype, mask_image
 
-#: Upper bound on float32 values held per resampled slab (about 1 GiB).
-SLAB_BUDGET_VALUES = 256 * 1024 * 1024
+#: Upper bound on float32 values per resampled slab (128 MiB): resampling a slab also holds its sampling grid
+#: (3 values per voxel) and the argmax (int64), so the transient peak is about 5x this.
+SLAB_BUDGET_VALUES = 32 * 1024 * 1024
 
 
 def foreground_box(probs: MetaTensor, source: Grid) -> tuple[np.ndarray, np.ndarray] | None:

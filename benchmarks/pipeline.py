@@ -92,7 +92,7 @@ def main() -> None:
     print(f"{'sequential loop (wall)':<34}{seq_wall:>10.1f}")
     print(f"{'pipelined loop (wall)':<34}{pip_wall:>10.1f}")
     for key in ("read_s", "compute_s", "write_s", "sum_of_stages_s"):
-        print(f"{'  pipelined: ' + key.replace('_s', '').replace('_', ' '):<34}{stages[key]:>10.1f}")
+        print(f"{'  pipelined: ' + key.removesuffix('_s').replace('_', ' '):<34}{stages[key]:>10.1f}")
     print(f"speed-up sequential / pipelined: {seq_wall / pip_wall:.2f}x; pipelined wall / sum of stages: "
           f"{pip_wall / stages['sum_of_stages_s']:.2f}; device (network stage) busy: "
           f"{100 * stages['compute_busy_fraction']:.0f} % of the wall time")

@@ -58,6 +58,10 @@ class TransformConfig:
     rotate_prob: float = 0.2
     scale_prob: float = 0.2
     intensity_prob: float = 0.3
+    #: Axes of the network's (``orientation``-ordered) array along which the anatomy is mirror-symmetric: training
+    #: flips only along these, and mirror TTA (``inference.tta``) may only flip along these. ``[]`` where the
+    #: anatomy is not mirror-symmetric in the network's frame.
+    mirror_axes: tuple[int, ...] = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,24 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class QCConfig:
+    """Per-case quality-control flags (docs/inference.md): a case with any flag gets ``review: true``."""
+
+    #: Labels that must not come out empty: "all" foreground labels, "none", or a list of label values.
+    expected_labels: Literal["all", "none"] | tuple[int, ...] = "all"
+    #: The training volume range per label is widened by this factor both ways: [min / (1 + m), max * (1 + m)].
+    volume_margin: float = 0.25
+    #: More connected components (26-connectivity) than this for one label raises a flag.
+    max_components: int = 5
+    #: A predicted structure whose highest mean probability is below this raises a flag.
+    min_max_probability: float = 0.7
+    #: Mean normalised entropy (0..1) over a structure above this raises a flag.
+    max_mean_uncertainty: float = 0.4
+    #: Flag labels touching the field-of-view border (the first/last voxel of any axis).
+    flag_border: bool = True
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     """Sliding-window inference."""
 
@@ -109,6 +131,10 @@ class InferenceConfig:
     blend: Literal["gaussian", "constant"] = "gaussian"
     amp: bool = True
     keep_largest: tuple[int, ...] = ()
+    #: Mirror test-time augmentation: none; one flip per allowed axis (``transforms.mirror_axes``); all
+    #: combinations of the allowed axes (8 in 3D).
+    tta: Literal["none", "flip", "all"] = "none"
+    qc: QCConfig = field(default_factory=QCConfig)
     #: Lesion table (``<case>.lesions.csv``): connected components below this volume (mL) are not listed.
     min_lesion_ml: float = 0.0
 
@@ -326,6 +352,14 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     if not -1 <= cfg.data.fold < cfg.data.n_folds:
         raise bad("data.fold", f"fold {cfg.data.fold} does not exist with {cfg.data.n_folds} folds "
                                f"(0-{cfg.data.n_folds - 1}, or -1 for a hold-out split)")
+    axes = cfg.transforms.mirror_axes
+    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise bad("transforms.mirror_axes", f"must be distinct axes among 0, 1, 2, found {list(axes)}")
+    qc = cfg.inference.qc
+    if isinstance(qc.expected_labels, tuple) and set(qc.expected_labels) - set(cfg.labels):
+        raise bad("inference.qc.expected_labels", f"unknown labels {sorted(set(qc.expected_labels) - set(cfg.labels))}")
+    if qc.volume_margin < 0 or qc.max_components < 1 or not 0 <= qc.min_max_probability <= 1:
+        raise bad("inference.qc", "volume_margin >= 0, max_components >= 1, min_max_probability in [0, 1]")
     if len(cfg.model.strides) != len(cfg.model.channels) - 1:
         raise bad("model.strides", f"needs len(channels) - 1 = {len(cfg.model.channels) - 1} entries")
     if cfg.training.num_workers != "auto" and int(cfg.training.num_workers) < 0:

@@ -53,7 +53,7 @@ def test_infer_writes_seg_and_rtstruct_beside_the_mask(tmp_path: Path, checkpoin
     assert res.exit_code == 0, res.output
     case = "series3_synthetic_CT"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{case}{s}" for s in (".nii.gz", ".json", ".seg.dcm", ".rtstruct.dcm"))
+        f"{case}{s}" for s in (".nii.gz", ".json", ".seg.dcm", ".rtstruct.dcm", ".lesions.csv"))
     side = json.loads((out / f"{case}.json").read_text())
     outputs = side["outputs"]
     assert outputs["nifti"] == f"{case}.nii.gz"

@@ -61,3 +61,13 @@ def dicomweb_options(netrc_file: Path | None, insecure: bool, retries: int) -> A
     from medpipe.io.dicomweb import DicomwebOptions
 
     return DicomwebOptions(netrc_file=netrc_file, insecure=insecure, retries=retries)
+
+
+def parse_folds(text: str | None) -> list[int] | None:
+    """``"0,2"`` or ``"0 2"`` -> [0, 2]; None -> None (all folds); :class:`ConfigError` if malformed."""
+    if text is None:
+        return None
+    items = [t for t in text.replace(",", " ").split() if t]
+    if not items or not all(t.isdigit() for t in items):
+        raise ConfigError(f"bad --folds {text!r}", hint="write fold numbers: --folds 0,2 or --folds '0 2'")
+    return [int(t) for t in items]

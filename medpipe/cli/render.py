@@ -113,7 +113,7 @@ def case_progress(console: Console, verb: str) -> Iterator[Callable[[CaseResult,
 def render_infer(console: Console, result: InferResult) -> None:
     """A table of cases with status, seconds and the mask written (or the error)."""
     table = Table(title="medpipe infer", show_lines=False)
-    for col in ("case", "status", "seconds", "lesions", "mask / error"):
+    for col in ("case", "status", "seconds", "lesions", "QC", "mask / error"):
         table.add_column(col)
     style = {"ok": "green", "skipped": "cyan", "failed": "red"}
     for c in result.cases:
@@ -122,8 +122,9 @@ def render_infer(console: Console, result: InferResult) -> None:
             shown += f" (SEG pushed to {c.push.server})"
         if c.note:
             shown += f" ({c.note})"
+        qc = "" if c.qc is None else ("[yellow]review[/]: " + escape(c.qc["qc_reasons"]) if c.qc["review"] else "ok")
         table.add_row(escape(c.case_id), f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}",
-                      "" if c.lesions is None else str(c.lesions), escape(shown))
+                      "" if c.lesions is None else str(c.lesions), qc, escape(shown))
     console.print(table)
 
 

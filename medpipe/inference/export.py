@@ -9,6 +9,7 @@ temporary file, checked against the geometry contract, and only then renamed int
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -21,8 +22,9 @@ from medpipe.io.atomic import atomic_path
 from medpipe.io.geometry import Grid, check_on_grid
 from medpipe.io.nifti import label_dtype, mask_image
 
-#: Upper bound on float32 values held per resampled slab (about 1 GiB).
-SLAB_BUDGET_VALUES = 256 * 1024 * 1024
+#: Upper bound on float32 values per resampled slab (128 MiB): resampling a slab also holds its sampling grid
+#: (3 values per voxel) and the argmax (int64), so the transient peak is about 5x this.
+SLAB_BUDGET_VALUES = 32 * 1024 * 1024
 
 
 def foreground_box(probs: MetaTensor, source: Grid) -> tuple[np.ndarray, np.ndarray] | None:
@@ -62,8 +64,22 @@ def labels_on_grid(probs: MetaTensor, source: Grid, label_values: list[int] | No
     box = foreground_box(probs, source)
     if box is None:
         return out
+    for (s0, s1), part in resampled_slabs(probs, source, box):
+        idx = part.argmax(dim=0).cpu().numpy()
+        out[box[0][0]:box[1][0], box[0][1]:box[1][1], s0:s1] = values[idx]
+    return out
+
+
+def resampled_slabs(maps: MetaTensor, source: Grid, box: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> Iterator[tuple[tuple[int, int], torch.Tensor]]:
+    """Resample (C, X, Y, Z) maps (affine in ``maps.affine``) onto ``source`` (linear, zeros outside), slab by
+    slab along the source's third axis: yields ((k0, k1), tensor (C, I, J, k1 - k0)) restricted to ``box``
+    (lo inclusive, hi exclusive; default the whole grid). No slab holds more than :data:`SLAB_BUDGET_VALUES`."""
+    if box is None:
+        box = (np.zeros(3, dtype=int), np.asarray(source.shape, dtype=int))
     (i0, j0, k0), (i1, j1, k1) = box
-    slab = max(1, min(k1 - k0, SLAB_BUDGET_VALUES // max(1, n_classes * (i1 - i0) * (j1 - j0))))
+    n = int(maps.shape[0])
+    slab = max(1, min(k1 - k0, SLAB_BUDGET_VALUES // max(1, n * (i1 - i0) * (j1 - j0))))
     resample = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=False, dtype=np.float32)
     src_affine = torch.as_tensor(source.affine, dtype=torch.float64)
     for s0 in range(k0, k1, slab):
@@ -71,10 +87,8 @@ def labels_on_grid(probs: MetaTensor, source: Grid, label_values: list[int] | No
         shift = torch.eye(4, dtype=torch.float64)
         shift[:3, 3] = torch.tensor([float(i0), float(j0), float(s0)], dtype=torch.float64)
         with torch.no_grad():
-            part = resample(probs, dst_affine=src_affine @ shift, spatial_size=(i1 - i0, j1 - j0, s1 - s0))
-        idx = torch.as_tensor(part).argmax(dim=0).cpu().numpy()
-        out[i0:i1, j0:j1, s0:s1] = values[idx]
-    return out
+            part = resample(maps, dst_affine=src_affine @ shift, spatial_size=(i1 - i0, j1 - j0, s1 - s0))
+        yield (int(s0), int(s1)), torch.as_tensor(part)
 
 
 def write_mask(path: str | Path, labels: np.ndarray, source: Grid) -> Path:

@@ -1,8 +1,17 @@
-"""The predictor: a loaded model plus its preprocessing, sliding-window logits and export onto the source grid."""
+"""The predictor: a loaded model set plus its preprocessing, ensembled sliding-window scores and export onto the
+source grid.
+
+Scores (softmax, or decoded sigmoid regions: :func:`medpipe.labels.label_scores`) of every model and every mirror
+pass are added into one running sum where the window outputs are stitched (the device, or the host on the last rung
+of the memory ladder); the mask is the argmax of the mean. With more than one pass the sum of the passes' entropies
+is kept too, so that the mutual information (pass disagreement) costs nothing more.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,106 +22,191 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import KeepLargestConnectedComponent
 
 from medpipe.config import PipelineConfig
-from medpipe.errors import CheckpointError
 from medpipe.inference.export import labels_on_grid
 from medpipe.inference.inputs import LoadedCase
-from medpipe.inference.sidecar import SegmentDetails
+from medpipe.inference.models import ModelSet, find_checkpoint, load_model_set
+from medpipe.inference.sidecar import EnsembleInfo, SegmentDetails
+from medpipe.inference.tta import flip_spatial, mirror_passes
 from medpipe.labels import label_scores
-from medpipe.models.checkpoint import load_checkpoint, model_from_loaded
-from medpipe.models.package import is_package, load_package_models
 from medpipe.models.trainrange import TrainingRange
-from medpipe.runtime import resolve_device, sha256_file
+from medpipe.runtime import resolve_device
 from medpipe.transforms import preprocess
 
+__all__ = ["EnsembleScores", "Prediction", "Predictor", "find_checkpoint"]
 
-def find_checkpoint(run: Path) -> Path:
-    """A run folder's ``best.pt`` (else ``last.pt``), or a checkpoint file given directly."""
-    if run.is_file() or is_package(run):
-        return run
-    if not run.is_dir():
-        raise CheckpointError("run folder or checkpoint not found", path=run)
-    for name in ("best.pt", "last.pt"):
-        if (run / name).is_file():
-            return run / name
-    raise CheckpointError("run folder has no checkpoint (best.pt or last.pt)", path=run, hint="train first")
+#: The memory ladder on CUDA, tried in order after an out-of-memory error: stitch on the device; stitch into a
+#: device buffer flushed to the host slab by slab (MONAI's buffered mode, as SlidingWindowInfererAdapt); stitch
+#: on the host. On CPU there is one rung, ``cpu``.
+RUNGS = ("device", "buffered", "host")
+
+
+@dataclass(frozen=True)
+class EnsembleScores:
+    """The mean scores (C, X, Y, Z) on the network grid, and what produced them."""
+
+    mean: torch.Tensor
+    #: Sum over passes of each pass's entropy (X, Y, Z), or None with a single pass.
+    entropy_sum: torch.Tensor | None
+    n_passes: int
+    rung: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One case's result: the mask on the source grid, the network-grid scores (affine in ``scores.affine``)
+    and the details that go into the sidecar."""
+
+    labels: np.ndarray
+    scores: MetaTensor
+    entropy_sum: torch.Tensor | None
+    n_passes: int
+    details: SegmentDetails
 
 
 class Predictor:
-    """A loaded model plus its preprocessing: segments one case at a time."""
+    """A loaded model set plus its preprocessing: segments one case at a time.
 
-    def __init__(self, checkpoint: Path, device: str = "auto", overlap: float | None = None,
-                 sw_batch_size: int | None = None, engine: str = "torch") -> None:
+    ``checkpoint``: a checkpoint, a run folder, a folder of ``fold_*/`` run folders, several of these, or a
+    loaded :class:`ModelSet` (:func:`medpipe.inference.models.load_model_set`). ``folds`` picks folds; ``tta``
+    overrides ``inference.tta`` (none | flip | all)."""
+
+    def __init__(self, checkpoint: Path | Sequence[Path] | ModelSet, device: str = "auto",
+                 overlap: float | None = None, sw_batch_size: int | None = None, engine: str = "torch", *,
+                 folds: Sequence[int] | None = None, tta: str | None = None) -> None:
         # ONNX Runtime runs on the CPU: "auto" means the CPU for that engine
         self.device = resolve_device("cpu" if engine == "onnxruntime" and device == "auto" else device)
-        self.checkpoint = checkpoint
         self.engine = engine
-        #: What the model was trained on (None for packages and for checkpoints written before medpipe stored it).
-        self.training_range: TrainingRange | None = None
-        if is_package(checkpoint):  # a medpipe package: one network per fold, probabilities averaged
-            self.models, cfg, self.model_sha256 = load_package_models(checkpoint, self.device, engine)
-        else:
-            if engine != "torch":
-                raise CheckpointError(f"--engine {engine} needs a package with ONNX files", path=checkpoint,
-                                      hint="medpipe package RUN_DIR --onnx -o model.zip")
-            ckpt = load_checkpoint(checkpoint)
-            model, cfg = model_from_loaded(ckpt, checkpoint, self.device)
-            self.models = [model]
-            self.model_sha256 = sha256_file(checkpoint)
-            self.training_range = TrainingRange.from_json(ckpt.get("training_range", {}))
-        self.model = self.models[0]
-        overrides = {"overlap": overlap, "sw_batch_size": sw_batch_size}
-        self.cfg: PipelineConfig = cfg.with_overrides(
+        self.model_set = (checkpoint if isinstance(checkpoint, ModelSet)
+                          else load_model_set(checkpoint, folds, self.device, engine))
+        first = self.model_set.models[0]
+        self.checkpoint = first.checkpoint
+        self.model = first.network
+        self.models = [m.network for m in self.model_set.models]
+        #: What the first model was trained on (None for packages and for older checkpoints).
+        self.training_range: TrainingRange | None = first.training_range
+        overrides = {"overlap": overlap, "sw_batch_size": sw_batch_size, "tta": tta}
+        self.cfg: PipelineConfig = first.cfg.with_overrides(
             inference={k: v for k, v in overrides.items() if v is not None}
         )
-        self.label_values = list(range(cfg.num_classes))
+        self.model_sha256 = self.model_set.sha256
+        self.label_values = list(range(self.cfg.num_classes))
+        allowed = set(self.cfg.transforms.mirror_axes)
+        for m in self.model_set.models[1:]:
+            allowed &= set(m.cfg.transforms.mirror_axes)
+        self.mirror_axes = tuple(sorted(allowed))
+        self.passes = mirror_passes(self.cfg.inference.tta, self.mirror_axes)
         self._pre: Any = None
 
-    def logits(self, image: torch.Tensor, model: torch.nn.Module | None = None) -> tuple[torch.Tensor, str]:
-        """Sliding-window logits for a (1, C, X, Y, Z) network-space tensor; returns (logits, memory rung)."""
+    # ----- scores on the network grid -----------------------------------------------------------------------
+    def logits(self, image: torch.Tensor, network: torch.nn.Module | None = None,
+               first_rung: int = 0) -> tuple[torch.Tensor, str]:
+        """Sliding-window logits for a (1, C, X, Y, Z) network-space tensor; returns (logits, memory rung).
+        On CUDA the ladder (:data:`RUNGS`) starts at ``first_rung``."""
         inf = self.cfg.inference
-        net = self.model if model is None else model
+        net = network if network is not None else self.model
         use_amp = inf.amp and self.device.startswith("cuda")
 
-        def run(out_device: str) -> torch.Tensor:
+        # fp16 stitching on CUDA: MONAI stitches in the input's dtype, so an fp16 input halves the output buffers
+        x = image.to(self.device, dtype=torch.float16 if use_amp else image.dtype)
+
+        def run(out_device: str, buffer_steps: int | None = None) -> torch.Tensor:
+            shape = list(image.shape[2:])
             with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                 return sliding_window_inference(  # type: ignore[return-value]
-                    image.to(self.device), roi_size=inf.roi_size_vox, sw_batch_size=inf.sw_batch_size,
+                    x, roi_size=inf.roi_size_vox, sw_batch_size=inf.sw_batch_size,
                     predictor=net, overlap=inf.overlap, mode=inf.blend, sw_device=self.device,
-                    device=out_device,
+                    device=out_device, buffer_steps=buffer_steps, buffer_dim=shape.index(max(shape)),
                 )
 
         if not self.device.startswith("cuda"):
             return run(self.device), "cpu"
-        try:
-            return run(self.device), "gpu"
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            return run("cpu"), "gpu-windows-cpu-aggregation"
+        for i in range(first_rung, len(RUNGS)):
+            try:
+                if RUNGS[i] == "device":
+                    return run(self.device), "device"
+                if RUNGS[i] == "buffered":
+                    return run("cpu", buffer_steps=1), "buffered"
+                return run("cpu"), "host"
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if i == len(RUNGS) - 1:
+                    raise
+        raise RuntimeError("unreachable")  # pragma: no cover
+
+    def scores(self, image: torch.Tensor) -> EnsembleScores:
+        """Mean scores over every model and mirror pass of a (1, C, X, Y, Z) network-space image."""
+        total: torch.Tensor | None = None
+        entropy_sum: torch.Tensor | None = None
+        n_total = len(self.model_set.models) * len(self.passes)
+        rung_index, rung = 0, "cpu"
+        for member in self.model_set.models:
+            for axes in self.passes:
+                logits, rung = self.logits(flip_spatial(image, axes), member.network, rung_index)
+                rung_index = RUNGS.index(rung) if rung in RUNGS else 0
+                s = flip_spatial(label_scores(logits[0], self.cfg), axes)
+                del logits
+                if total is None:
+                    total = s
+                else:
+                    total = total.to(s.device)
+                    total += s
+                if n_total > 1:
+                    h = entropy(s)
+                    entropy_sum = h if entropy_sum is None else entropy_sum.to(h.device) + h
+        if total is None:  # pragma: no cover - passes and models are never empty
+            raise RuntimeError("no pass ran")
+        return EnsembleScores(total / n_total, entropy_sum, n_total, rung)
+
+    # ----- one case -----------------------------------------------------------------------------------------
+    def prepare(self, case: LoadedCase) -> MetaTensor:
+        """The case preprocessed onto the network grid: (C, X, Y, Z) with its affine (the read stage)."""
+        if self._pre is None:
+            self._pre = preprocess(self.cfg, with_label=False, load=False)
+        img = MetaTensor(torch.from_numpy(case.array), meta={"affine": torch.as_tensor(case.grid.affine)})
+        return self._pre({"image": img})["image"]
+
+    def finish(self, case: LoadedCase, net_img: MetaTensor, ens: EnsembleScores,
+               timings: dict[str, float] | None = None) -> Prediction:
+        """Export the mean scores onto the case's source grid (the mask) and collect the details."""
+        t2 = time.perf_counter()
+        probs_mt = MetaTensor(ens.mean, meta={"affine": net_img.affine.to(torch.float64)})
+        labels = labels_on_grid(probs_mt, case.grid, self.label_values)
+        labels = self._postprocess(labels)
+        t = timings or {}
+        details = SegmentDetails(
+            tuple(int(v) for v in net_img.shape[1:]), tuple(self.cfg.transforms.spacing_mm), ens.rung,
+            float(t.get("preprocess", 0.0)), float(t.get("inference", 0.0)), round(time.perf_counter() - t2, 3),
+            self.engine, len(self.model_set.models),
+            "float16" if self.cfg.inference.amp and self.device.startswith("cuda") else "float32", self.describe(),
+        )
+        return Prediction(labels, probs_mt, ens.entropy_sum, ens.n_passes, details)
+
+    def run_network(self, net_img: MetaTensor) -> EnsembleScores:
+        """The ensemble's mean scores of a preprocessed case (the device stage)."""
+        ens = self.scores(torch.as_tensor(net_img)[None])
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return ens
+
+    def predict(self, case: LoadedCase) -> Prediction:
+        """Mask on the case's source grid plus the network-grid mean scores and sidecar details."""
+        t0 = time.perf_counter()
+        net_img = self.prepare(case)
+        t1 = time.perf_counter()
+        ens = self.run_network(net_img)
+        t2 = time.perf_counter()
+        return self.finish(case, net_img, ens, {"preprocess": round(t1 - t0, 3), "inference": round(t2 - t1, 3)})
 
     def segment(self, case: LoadedCase) -> tuple[np.ndarray, SegmentDetails]:
         """Mask (I, J, K) on the case's source grid, and timings/details for the sidecar."""
-        if self._pre is None:
-            self._pre = preprocess(self.cfg, with_label=False, load=False)
-        t0 = time.perf_counter()
-        img = MetaTensor(torch.from_numpy(case.array), meta={"affine": torch.as_tensor(case.grid.affine)})
-        net_img = self._pre({"image": img})["image"]
-        t1 = time.perf_counter()
-        scores = []
-        for model in self.models:  # folds of a package: mean of the per-fold label scores
-            logits, rung = self.logits(net_img[None], model)
-            scores.append(label_scores(logits[0].float(), self.cfg))  # softmax, or decoded sigmoid regions
-        probs = scores[0] if len(scores) == 1 else torch.stack(scores).mean(dim=0)
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        probs_mt = MetaTensor(probs.to(self.device), meta={"affine": net_img.affine.to(torch.float64)})
-        labels = labels_on_grid(probs_mt, case.grid, self.label_values)
-        labels = self._postprocess(labels)
-        t3 = time.perf_counter()
-        details = SegmentDetails(tuple(int(v) for v in net_img.shape[1:]), tuple(self.cfg.transforms.spacing_mm), rung,
-                                 round(t1 - t0, 3), round(t2 - t1, 3), round(t3 - t2, 3), self.engine,
-                                 len(self.models))
-        return labels, details
+        pred = self.predict(case)
+        return pred.labels, pred.details
+
+    def describe(self) -> EnsembleInfo:
+        """Models, folds and mirror passes, for the sidecar."""
+        return EnsembleInfo(tuple(m.describe() for m in self.model_set.models), tuple(self.model_set.folds),
+                            self.cfg.inference.tta, tuple(self.mirror_axes), tuple(tuple(p) for p in self.passes),
+                            len(self.model_set.models) * len(self.passes))
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:
         keep = self.cfg.inference.keep_largest
@@ -121,3 +215,16 @@ class Predictor:
         kept = KeepLargestConnectedComponent(applied_labels=list(keep), independent=True)(
             torch.as_tensor(labels[None].astype(np.int64)))
         return np.asarray(kept[0]).astype(labels.dtype)
+
+
+def as_distribution(scores: torch.Tensor) -> torch.Tensor:
+    """Scores (C, ...) as a distribution over C: softmax scores unchanged; decoded region scores (which can be
+    -1 for labels no region decodes to) clipped to [0, 1] and renormalised."""
+    p = scores.clamp(0.0, 1.0)
+    return p / p.sum(dim=0, keepdim=True).clamp_min(1e-12)
+
+
+def entropy(scores: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats (X, Y, Z) of per-voxel distributions (C, X, Y, Z)."""
+    p = as_distribution(scores)
+    return -(p * p.clamp_min(1e-12).log()).sum(dim=0)

@@ -15,11 +15,15 @@ from typing import Any
 from medpipe.errors import InputError
 from medpipe.evaluation.lesions import LesionSummary
 from medpipe.inference.inputs import InputProvenance, LoadedCase
+from medpipe.inference.qc import CaseQC
 from medpipe.io.dicom.seg import DicomOutput
 from medpipe.io.geometry import Grid
 from medpipe.io.intensity import HuCheck
 
 SIDECAR_FORMAT = "medpipe-inference-sidecar/1"
+#: Keys of the sidecar's ``outputs`` beside ``nifti``: DICOM objects and voxel maps.
+DICOM_KINDS = ("dicom-seg", "rtstruct")
+MAP_KINDS = ("probabilities", "uncertainty")
 
 
 @dataclass(frozen=True)
@@ -29,13 +33,14 @@ class ModelRef:
     checkpoint: str
     sha256: str
     arch: str
+    n_models: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "sha256": self.sha256, "arch": self.arch}
+        return {"checkpoint": self.checkpoint, "sha256": self.sha256, "arch": self.arch, "n_models": self.n_models}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelRef:
-        return cls(str(d["checkpoint"]), str(d["sha256"]), str(d["arch"]))
+        return cls(str(d["checkpoint"]), str(d["sha256"]), str(d["arch"]), int(d.get("n_models", 1)))
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,91 @@ class SlidingWindowSettings:
 
 
 @dataclass(frozen=True)
+class MemberRef:
+    """One model of an ensemble: its checkpoint file name, sha256, fold and architecture."""
+
+    checkpoint: str
+    sha256: str
+    fold: int | None
+    arch: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "sha256": self.sha256, "fold": self.fold, "arch": self.arch}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MemberRef:
+        fold = d.get("fold")
+        return cls(str(d["checkpoint"]), str(d["sha256"]), None if fold is None else int(fold), str(d["arch"]))
+
+
+@dataclass(frozen=True)
+class EnsembleInfo:
+    """What was averaged: the models, their folds, the mirror TTA setting, the allowed axes and every pass."""
+
+    models: tuple[MemberRef, ...]
+    folds: tuple[int | None, ...]
+    tta: str
+    mirror_axes: tuple[int, ...]
+    passes: tuple[tuple[int, ...], ...]
+    n_passes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"models": [m.to_json() for m in self.models], "folds": list(self.folds), "tta": self.tta,
+                "mirror_axes": list(self.mirror_axes), "passes": [list(p) for p in self.passes],
+                "n_passes": self.n_passes}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> EnsembleInfo:
+        return cls(tuple(MemberRef.from_json(m) for m in d["models"]),
+                   tuple(None if f is None else int(f) for f in d["folds"]), str(d["tta"]),
+                   tuple(int(a) for a in d["mirror_axes"]), tuple(tuple(int(a) for a in p) for p in d["passes"]),
+                   int(d["n_passes"]))
+
+
+@dataclass(frozen=True)
+class MapOutput:
+    """A probability or uncertainty map written beside the mask (uint8 frames, value = stored × ``scale``)."""
+
+    file: str
+    dtype: str
+    scale: float
+    frames: tuple[str, ...]
+    normalised_by: str | None = None
+    n_passes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"file": self.file, "dtype": self.dtype, "scale": self.scale,
+                               "frames": list(self.frames)}
+        if self.normalised_by is not None:
+            out["normalised_by"] = self.normalised_by
+        if self.n_passes is not None:
+            out["n_passes"] = self.n_passes
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MapOutput:
+        n = d.get("n_passes")
+        return cls(str(d["file"]), str(d["dtype"]), float(d["scale"]), tuple(str(f) for f in d["frames"]),
+                   d.get("normalised_by"), None if n is None else int(n))
+
+
+@dataclass(frozen=True)
+class MemoryPeaks:
+    """Peak host RSS and peak device memory (MiB; device None on the CPU) while the case ran."""
+
+    host_rss_peak_mb: float | None
+    device_peak_mb: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host_rss_peak_mb": self.host_rss_peak_mb, "device_peak_mb": self.device_peak_mb}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MemoryPeaks:
+        h, g = d.get("host_rss_peak_mb"), d.get("device_peak_mb")
+        return cls(None if h is None else float(h), None if g is None else float(g))
+
+
+@dataclass(frozen=True)
 class SegmentDetails:
     """What the predictor reports for one case: the network grid (shape after preprocessing, target spacing in
     mm), the memory rung the sliding window ran on, and the seconds of each stage."""
@@ -68,6 +158,8 @@ class SegmentDetails:
     export_s: float
     engine: str = "torch"
     folds: int = 1
+    stitch_dtype: str = "float32"
+    ensemble: EnsembleInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +167,8 @@ class SegmentDetails:
             "memory_rung": self.memory_rung,
             "engine": self.engine,
             "folds": self.folds,
+            "stitch_dtype": self.stitch_dtype,
+            **({"ensemble": self.ensemble.to_json()} if self.ensemble is not None else {}),
             "timings_s": {"preprocess": self.preprocess_s, "inference": self.inference_s, "export": self.export_s},
         }
 
@@ -83,7 +177,8 @@ class SegmentDetails:
         net, t = d["network_grid"], d["timings_s"]
         return cls(tuple(int(v) for v in net["shape"]), tuple(float(v) for v in net["spacing_mm"]),
                    str(d["memory_rung"]), float(t["preprocess"]), float(t["inference"]), float(t["export"]),
-                   str(d.get("engine", "torch")), int(d.get("folds", 1)))
+                   str(d.get("engine", "torch")), int(d.get("folds", 1)), str(d.get("stitch_dtype", "float32")),
+                   EnsembleInfo.from_json(d["ensemble"]) if isinstance(d.get("ensemble"), dict) else None)
 
 
 @dataclass(frozen=True)
@@ -137,6 +232,9 @@ class InferenceSidecar:
     dicomweb_push: CasePush | None = None
     dicom_outputs: dict[str, DicomOutput] = field(default_factory=dict)
     lesions: LesionSummary | None = None
+    qc: CaseQC | None = None
+    maps: dict[str, MapOutput] = field(default_factory=dict)
+    memory: MemoryPeaks | None = None
     format: str = field(default=SIDECAR_FORMAT)
 
     def to_json(self) -> dict[str, Any]:
@@ -154,8 +252,13 @@ class InferenceSidecar:
             "sliding_window": self.sliding_window.to_json(),
             "input": self.input.to_json(),
             **self.details.to_json(),
-            "outputs": {"nifti": self.mask, **{k: v.to_json() for k, v in self.dicom_outputs.items()}},
+            "outputs": {"nifti": self.mask, **{k: v.to_json() for k, v in self.dicom_outputs.items()},
+                        **{k: v.to_json() for k, v in self.maps.items()}},
         }
+        if self.qc is not None:
+            out["qc"] = self.qc.to_json()
+        if self.memory is not None:
+            out["memory"] = self.memory.to_json()
         if self.intensity_check is not None:
             out["intensity_check"] = self.intensity_check.to_json()
         out["out_of_training_range"] = list(self.out_of_training_range)
@@ -173,6 +276,7 @@ class InferenceSidecar:
             raise InputError(f"unknown sidecar format {d.get('format')!r}",
                              hint=f"this medpipe writes {SIDECAR_FORMAT}")
         hu, push, les = d.get("intensity_check"), d.get("dicomweb_push"), d.get("lesions")
+        qc, mem, outputs = d.get("qc"), d.get("memory"), d.get("outputs", {})
         return cls(
             case=str(d["case"]), mask=str(d["mask"]), input_sha256=str(d["input_sha256"]),
             model=ModelRef.from_json(d["model"]), config_hash=str(d["config_hash"]),
@@ -182,7 +286,10 @@ class InferenceSidecar:
             seconds_total=float(d["seconds_total"]), versions={str(k): str(v) for k, v in d["versions"].items()},
             intensity_check=HuCheck.from_json(hu) if isinstance(hu, dict) else None, status=str(d["status"]),
             dicomweb_push=CasePush.from_json(push) if isinstance(push, dict) else None,
-            dicom_outputs={k: DicomOutput.from_json(v) for k, v in d.get("outputs", {}).items() if k != "nifti"},
+            dicom_outputs={k: DicomOutput.from_json(v) for k, v in outputs.items() if k in DICOM_KINDS},
+            maps={k: MapOutput.from_json(v) for k, v in outputs.items() if k in MAP_KINDS},
+            qc=CaseQC.from_json(qc) if isinstance(qc, dict) else None,
+            memory=MemoryPeaks.from_json(mem) if isinstance(mem, dict) else None,
             lesions=LesionSummary.from_json(les) if isinstance(les, dict) else None,
             out_of_training_range=tuple(str(x) for x in d.get("out_of_training_range", ())),
         )
@@ -197,9 +304,9 @@ def read_sidecar(path: Path) -> InferenceSidecar | None:
 
 
 def already_done(out_dir: Path, case: LoadedCase, model_sha256: str, config_hash: str,
-                 formats: Sequence[str] = ("nifti",)) -> Path | None:
+                 formats: Sequence[str] = ("nifti",), extra: Sequence[str] = ()) -> Path | None:
     """The mask of ``case`` when a previous run made it from the same input, model and config, and wrote every
-    requested output format (else None)."""
+    requested output format and every ``extra`` file (e.g. ``<case>_probabilities.nii.gz``); else None."""
     mask = out_dir / f"{case.case_id}.nii.gz"
     side = read_sidecar(out_dir / f"{case.case_id}.json")
     if side is None or not mask.is_file():
@@ -209,4 +316,5 @@ def already_done(out_dir: Path, case: LoadedCase, model_sha256: str, config_hash
     outputs = all(f in side.dicom_outputs and (out_dir / side.dicom_outputs[f].file).is_file()
                   for f in formats if f != "nifti")
     tables = (out_dir / f"{case.case_id}.lesions.csv").is_file()
-    return mask if same and outputs and tables else None
+    extras = all((out_dir / name).is_file() for name in extra)
+    return mask if same and outputs and tables and extras else None

@@ -50,6 +50,7 @@ from medpipe.training.state import (
     set_determinism,
     set_rng_state,
 )
+from medpipe.training.volumes import volume_ranges
 
 
 def lr_factor(cfg: PipelineConfig, epoch_index: int) -> float:
@@ -114,6 +115,9 @@ class Trainer:
         warnings: list[Any] = []
         preflight(cases, cfg.labels, cfg.in_channels, ds.root, warnings)
         self.notices += [f"dataset check: {w}" for w in warnings]
+        self.volume_ranges: dict[str, list[float]] = {}
+        if self.dist.is_main:
+            self.volume_ranges = volume_ranges([c.label for c in self.train_cases if c.label], cfg.labels)
         self.case_identity = case_identities(cases)
         if self.dist.is_main and not self.resuming:  # a resume keeps the record of what the run began with
             write_json_atomic(self.run_dir / "split.json", {
@@ -182,6 +186,7 @@ class Trainer:
                 rng=rng_state(), loader_rng=self.data.generator.get_state(), resume_key=resume_key(self.cfg),
                 data_fingerprint=self.fingerprint, world_size=self.dist.world_size, device=self.device,
                 training_range=self.train_range.to_json() if self.train_range is not None else {},
+                label_volumes_ml=self.volume_ranges,
             )
         except OutputError as err:
             kept = [n for n in ("best.pt", "last.pt", "previous.pt") if (self.run_dir / n).is_file()]

@@ -101,11 +101,12 @@ def kill_worker_mid_case(out: Path, timeout_s: float, case_id: str | None = None
 
 
 def check_ledger(out: Path, case_ids: list[str]) -> dict[str, dict]:
-    """Every case done exactly once and nothing partial: one mask + one sidecar per case, no temp files, no
+    """Every case done exactly once and nothing partial: one mask, lesion table and sidecar per case, no temp files, no
     staging leftovers, no locks; returns the completion records."""
     pred = out / "predictions"
     names = sorted(p.name for p in pred.iterdir())
-    assert names == sorted([f"{c}.nii.gz" for c in case_ids] + [f"{c}.json" for c in case_ids]), names
+    expected = [f"{c}{suffix}" for c in case_ids for suffix in (".nii.gz", ".json", ".lesions.csv")]
+    assert names == sorted(expected), names
     for c in case_ids:
         side = json.loads((pred / f"{c}.json").read_text())
         assert side["status"] == "ok" and side["case"] == c and side["mask"] == f"{c}.nii.gz"

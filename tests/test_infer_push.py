@@ -82,3 +82,39 @@ def test_store_pull_infer_push_and_find_the_seg(orthanc: Orthanc, checkpoint: Pa
     (out / f"{case.case_id}.seg.dcm").unlink()
     (noseg,) = infer(checkpoint, [local], out, device="cpu", push=target).cases
     assert noseg.status == "failed" and "--format dicom-seg" in (noseg.error or "")
+
+
+@pytest.mark.slow
+def test_cli_pull_infer_seg_push_round_trip(orthanc: Orthanc, checkpoint: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole clinical loop through the command line: `medpipe pull` a study from the PACS, `medpipe infer
+    --format nifti,dicom-seg --push URL`, then the SEG written by medpipe is in the study and references the
+    source series; credentials come from the environment and never appear in the output."""
+    from typer.testing import CliRunner
+
+    from medpipe.cli import app
+    from tests.dicom_factory import write_series
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MEDPIPE_DICOMWEB_USER", USER)
+    monkeypatch.setenv("MEDPIPE_DICOMWEB_PASSWORD", PASSWORD)
+    series = write_series(tmp_path / "src", seed=302, intercept=-1024.0, edit=study_modules)
+    study = str(pydicom.dcmread(series.files[0]).StudyInstanceUID)
+    assert push(orthanc.dicomweb, series.files, options=FAST).ok
+    runner = CliRunner()
+    res = runner.invoke(app, ["pull", orthanc.dicomweb, "--study", study, "-o", str(tmp_path / "pulled")])
+    assert res.exit_code == 0, res.output
+    (local,) = [p for p in (tmp_path / "pulled").rglob("*") if p.is_dir() and any(p.glob("*.dcm"))]
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["infer", str(checkpoint), str(local), "-o", str(out), "--device", "cpu",
+                              "--format", "nifti,dicom-seg", "--push", orthanc.dicomweb])
+    assert res.exit_code == 0, res.output
+    assert PASSWORD not in res.output
+    (seg_file,) = out.glob("*.seg.dcm")
+    seg = pydicom.dcmread(seg_file)
+    side = json.loads(seg_file.with_name(seg_file.name.replace(".seg.dcm", ".json")).read_text())
+    assert side["dicomweb_push"]["status"] == "ok" and side["outputs"]["dicom-seg"]["file"] == seg_file.name
+    found = pull(orthanc.dicomweb, study, seg.SeriesInstanceUID, out_dir=tmp_path / "seg", options=FAST)
+    back = pydicom.dcmread(next(found.series[0].folder.glob("*.dcm")))
+    assert back.Modality == "SEG" and back.StudyInstanceUID == study
+    assert back.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid

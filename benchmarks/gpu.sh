@@ -5,7 +5,7 @@
 #   PYTHON=/path/to/python bash benchmarks/gpu.sh
 #
 # Steps (each with its own time limit, so that one slow step cannot eat the others' time):
-#   1. CUDA tests: tests/test_cuda.py (AMP training, GPU = CPU inference), tests/test_inference_cuda.py (fp16
+#   1. CUDA tests: tests/training/test_cuda.py (AMP training, GPU = CPU inference), tests/inference/test_cuda.py (fp16
 #      stitching of a 2-fold x TTA ensemble, the out-of-memory ladder)
 #   2. AMP training step: benchmarks/train_throughput.py --device cuda (medpipe loop vs MONAI tutorial loop)
 #   3. a short AMP training of the sample CT model (its weights feed steps 4-5)
@@ -33,7 +33,7 @@ step() {  # step NAME LIMIT_S COMMAND...
   echo "$name: exit $rc in $(( $(date +%s) - t0 )) s" | tee -a "$LOG/steps.log"
 }
 
-step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_inference_cuda.py
+step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/training/test_cuda.py tests/inference/test_cuda.py
 step train_step 90 "$PY" benchmarks/train_throughput.py --device cuda --rounds 2
 step train 90 "$PY" -m medpipe.cli train pipelines/sample-ct.yaml --out "$LOG/run" --device cuda --epochs 6
 step e2e 90 "$PY" benchmarks/infer_e2e.py --run "$LOG/run" --device cuda --repeats 2

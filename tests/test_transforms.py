@@ -9,8 +9,8 @@ from monai.data import CacheDataset
 
 from medpipe.datasets import load_dataset
 from medpipe.transforms import train_transforms, val_transforms
-from tests.test_datasets import make_layout
-from tests.test_train import tiny
+from tests.datasets.test_layouts import make_layout
+from tests.training.test_train import tiny
 
 
 def test_train_chain_yields_patches_of_every_channel(tmp_path: Path) -> None:

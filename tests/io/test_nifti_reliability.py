@@ -89,7 +89,7 @@ def test_label_values_beyond_the_tolerance_are_refused(tmp_path):
 
 def test_dataset_check_reports_the_rounding_as_a_warning(tmp_path):
     from medpipe.datasets import check_dataset
-    from tests.test_datasets import make_layout
+    from tests.datasets.test_layouts import make_layout
 
     root = make_layout(tmp_path / "kits", "kits", n=3)
     seg = root / "case_00001" / "segmentation.nii.gz"

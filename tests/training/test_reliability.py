@@ -20,8 +20,8 @@ from medpipe.errors import CheckpointError, DatasetError, OutputError, TrainingE
 from medpipe.training.data import shm_plan
 from medpipe.training.run import TrainEvent, train
 from tests.conftest import make_affine
-from tests.test_datasets import make_layout, write_volume
-from tests.test_train import tiny
+from tests.datasets.test_layouts import make_layout, write_volume
+from tests.training.test_train import tiny
 
 
 def _epoch(path: Path) -> int:

@@ -13,10 +13,10 @@ import torch
 from typer.testing import CliRunner
 
 from medpipe.cli import app
-from tests.test_cli import tiny_config
+from tests.cli.test_cli import tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

@@ -81,8 +81,8 @@ def test_a_failed_allocation_becomes_one_line() -> None:
 def test_out_of_memory_fails_only_that_case_in_a_batch(tmp_path: Path) -> None:
     from medpipe.inference.batch import infer
     from medpipe.training.run import train
-    from tests.test_datasets import make_layout
-    from tests.test_train import tiny
+    from tests.datasets.test_layouts import make_layout
+    from tests.training.test_train import tiny
 
     root = make_layout(tmp_path / "kits", "kits", n=4)
     train(tiny(root, "kits", training={"epochs": 1}), tmp_path / "run", device="cpu")

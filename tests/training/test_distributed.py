@@ -13,8 +13,8 @@ import yaml
 
 from medpipe.training.distributed import DistInfo, gather_objects, init_distributed, mean_across_ranks
 from tests.conftest import REPO
-from tests.test_datasets import make_layout
-from tests.test_train import tiny
+from tests.datasets.test_layouts import make_layout
+from tests.training.test_train import tiny
 
 
 def test_single_process_is_rank_zero_of_one(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ from medpipe.errors import GeometryError
 from medpipe.evaluation.evaluate import evaluate
 from medpipe.io.nifti import inspect_nifti
 from tests.conftest import make_affine, save_nifti
-from tests.test_datasets import make_layout
+from tests.datasets.test_layouts import make_layout
 
 runner = CliRunner()
 LABELS = {0: "background", 1: "kidney"}

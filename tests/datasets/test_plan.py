@@ -15,7 +15,7 @@ from medpipe.datasets.fingerprint import FINGERPRINT_FORMAT, Fingerprint
 from medpipe.datasets.plan import estimate_vram_gb, plan_from_fingerprint, topology
 from medpipe.errors import DatasetError
 from medpipe.models.factory import build_model
-from tests.test_datasets import make_layout
+from tests.datasets.test_layouts import make_layout
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from medpipe.cli import app
 from medpipe.inference.inputs import collect_inputs, is_label_file
 from medpipe.training.events import TrainEvent
-from tests.test_cli import kits, tiny_config  # noqa: F401  (module fixtures)
+from tests.cli.test_cli import kits, tiny_config  # noqa: F401  (module fixtures)
 
 runner = CliRunner()
 
@@ -127,7 +127,7 @@ def test_plan_on_a_small_dataset_writes_a_split_train_accepts(tmp_path: Path, n:
     from medpipe.config import load_config
     from medpipe.datasets.layouts import load_dataset
     from medpipe.datasets.splits import select_split
-    from tests.test_datasets import make_layout
+    from tests.datasets.test_layouts import make_layout
 
     root = make_layout(tmp_path / "k", "kits", n=n)
     out = tmp_path / "plan.yaml"

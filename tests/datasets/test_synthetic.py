@@ -24,7 +24,7 @@ from medpipe.datasets.synthetic import (
 )
 from medpipe.errors import MedpipeError, OutputError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "sample_data"
 CT = {name: code for name, (code, _, _) in CT_TISSUES.items()}
 MR = {name: code for name, (code, _) in MRI_TISSUES.items()}

@@ -26,7 +26,7 @@ from medpipe.models.factory import build_model
 from medpipe.training.run import TrainEvent, train
 from medpipe.training.trainer import lr_factor
 from tests.conftest import REPO, SHARED_DATA
-from tests.test_datasets import make_layout, write_volume
+from tests.datasets.test_layouts import make_layout, write_volume
 
 BRATS_REGIONS = {"WT": [1, 2, 3], "TC": [1, 3], "ET": [3]}
 

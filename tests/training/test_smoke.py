@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from medpipe.cli import app
 from tests.conftest import REPO
-from tests.test_datasets import make_layout
+from tests.datasets.test_layouts import make_layout
 
 runner = CliRunner()
 

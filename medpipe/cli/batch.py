@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -13,12 +12,17 @@ from medpipe.cli.app import app, err_console, handled, out
 from medpipe.cli.options import Device
 from medpipe.errors import ConfigError
 
+if TYPE_CHECKING:
+    # the Context TyperGroup.parse_args is declared with: typer vendors click (typer._click), and its contexts are
+    # that Context, not click.Context
+    from typer._click.core import Context
+
 
 class RunByDefault(TyperGroup):
     """``medpipe batch ARGS`` means ``medpipe batch run ARGS`` unless the first word names a subcommand (a model
     folder literally called ``status`` is written ``./status``)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["run", *args]
         return super().parse_args(ctx, args)

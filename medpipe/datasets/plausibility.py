@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -91,10 +92,10 @@ def overlay_png(image_path: Path, label_path: Path, value: int) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    image = np.asanyarray(nib.load(str(image_path)).dataobj, dtype=np.float32)
+    image = np.asanyarray(cast(nib.Nifti1Image, nib.load(str(image_path))).dataobj, dtype=np.float32)
     if image.ndim == 4:
         image = image[..., 0]
-    mask = np.asanyarray(nib.load(str(label_path)).dataobj) == value
+    mask = np.asanyarray(cast(nib.Nifti1Image, nib.load(str(label_path))).dataobj) == value
     centre = [int(np.rint(c)) for c in np.argwhere(mask).mean(axis=0)] if mask.any() else [s // 2 for s in mask.shape]
     lo, hi = np.percentile(image, [1, 99])
     fig = Figure(figsize=(9, 3), dpi=80)

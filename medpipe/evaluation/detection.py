@@ -247,10 +247,11 @@ def detect_case(case: str, pred: np.ndarray, ref: np.ndarray, grid: Grid, label:
                                    float(score[i]), "TP" if j is not None else "FP",
                                    number_r[j] if j is not None else None, *extra))
     for j in sorted(r.ids, key=number_r.__getitem__):
-        i = back.get(j)
-        extra = pair(i, j) if i is not None else (None, None)
+        matched_i = back.get(j)
+        extra = pair(matched_i, j) if matched_i is not None else (None, None)
         rows.append(DetectedLesion(case, label, label_name, "ref", number_r[j], r.volume_ml[j], centre(r.centroid[j]),
-                                   None, "TP" if i is not None else "FN", number_p[i] if i is not None else None,
+                                   None, "TP" if matched_i is not None else "FN",
+                                   number_p[matched_i] if matched_i is not None else None,
                                    *extra))
     return rows
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -87,7 +87,7 @@ def write_map(path: Path, data: np.ndarray, grid: Grid) -> Path:
     img.set_sform(grid.affine, code=1)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-        require_same_grid(grid_of(nib.load(str(tmp))), grid, path, what="written map grid")
+        require_same_grid(grid_of(cast(nib.Nifti1Image, nib.load(str(tmp)))), grid, path, what="written map grid")
     return path
 
 

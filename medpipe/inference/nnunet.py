@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -144,7 +144,7 @@ def _header_spacing(files: Sequence[Path]) -> tuple[float, ...] | None:
     if not files or not str(files[0]).endswith((".nii", ".nii.gz")):
         return None
 
-    zooms = nib.load(str(files[0])).header.get_zooms()[:3]
+    zooms = cast(nib.Nifti1Image, nib.load(str(files[0]))).header.get_zooms()[:3]
     return tuple(float(z) for z in zooms)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -86,7 +87,7 @@ def write_maps(path: str | Path, data: np.ndarray, source: Grid) -> Path:
     img.header.set_slope_inter(SCALE, 0.0)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-        back = nib.load(str(tmp))
+        back = cast(nib.Nifti1Image, nib.load(str(tmp)))
         if back.shape[:3] != tuple(source.shape) or not np.allclose(back.affine, source.affine, atol=1e-4):
             raise OutputError("written map is not on the source grid", path=path)
     return path

@@ -290,8 +290,9 @@ def import_monai_bundle(bundle: Path, dest: Path, licence: str | None = None) ->
     except RuntimeError as err:
         raise CheckpointError(f"weights do not fit network_def: {str(err)[:300]}", path=weights) from err
     licence_text = licence or str(meta.get("license") or meta.get("copyright") or "unspecified")
-    training = {k: meta[k] for k in ("data_source", "data_type", "image_classes", "label_classes", "pred_classes",
-                                     "eval_metrics", "intended_use", "description") if k in meta}
+    training: dict[str, Any] = {k: meta[k] for k in ("data_source", "data_type", "image_classes", "label_classes",
+                                                     "pred_classes", "eval_metrics", "intended_use", "description")
+                                if k in meta}
     manifest = manifest_from_config(cfg, [Fold(0, "weights/fold_0.safetensors", None, _metrics(meta))], training,
                                     licence_text, cfg.name, versions())
     manifest = dataclasses.replace(manifest, architecture=arch,

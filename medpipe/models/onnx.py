@@ -55,8 +55,10 @@ def export_onnx(model: nn.Module, in_channels: int, patch_size: tuple[int, ...])
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings and the legacy exporter's deprecation notice
-        torch.onnx.export(model.eval(), (dummy,), buf, dynamo=False, input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": axes, "logits": axes}, opset_version=OPSET)  # type: ignore[arg-type]
+        # torch's annotation of f lists paths only; the legacy (dynamo=False) exporter writes to file-like objects
+        torch.onnx.export(model.eval(), (dummy,), buf,  # type: ignore[arg-type]
+                          dynamo=False, input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": axes, "logits": axes}, opset_version=OPSET)
     return buf.getvalue()
 
 

@@ -106,9 +106,9 @@ def read_package(path: str | Path) -> PackageContents:
             raise CheckpointError(f"sha256 mismatch for '{entry.path}': manifest {entry.sha256[:12]}..., file "
                                   f"{digest[:12]}... (the file was changed)", path=path)
     for fold in manifest.folds:
-        for name in (fold.weights, fold.onnx):
-            if name is not None and name not in listed:
-                raise CheckpointError(f"fold {fold.fold}: '{name}' is not among the manifest's files", path=where)
+        for fold_file in (fold.weights, fold.onnx):
+            if fold_file is not None and fold_file not in listed:
+                raise CheckpointError(f"fold {fold.fold}: '{fold_file}' is not among the manifest's files", path=where)
     size = path.stat().st_size if path.is_file() else len(blob) + sum(len(b) for b in members.values())
     return PackageContents(path, manifest, hashlib.sha256(blob).hexdigest(), members, size)
 

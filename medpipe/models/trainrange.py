@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def training_range(images: list[tuple[Path, ...]], channels: tuple[str, ...]) ->
     spacings, per_channel = [], {c: [] for c in channels}  # type: ignore[var-annotated]
     for k, files in enumerate(images):
         for ci, f in enumerate(files):
-            img = nib.load(str(f))
+            img = cast(nib.Nifti1Image, nib.load(str(f)))
             if ci == 0:
                 spacings.append(ras_spacing(img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])))
             if k >= MAX_CASES:

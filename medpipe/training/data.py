@@ -42,10 +42,11 @@ def shm_free_bytes(folder: Path = Path("/dev/shm")) -> int | None:
 
 def shm_need_bytes(cfg: PipelineConfig) -> int:
     """Shared memory the training loader's workers may hold at once: ``prefetch_factor`` (4) batches of image
-    and label patches per worker, float32, and at least :data:`SHM_MIN_PER_WORKER` per worker."""
+    and label patches per worker, float32, and at least :data:`SHM_MIN_PER_WORKER` per worker. ``num_workers``
+    must be resolved to a number (``resources.loader_workers``) first."""
     t = cfg.training
     patch = int(np.prod(cfg.transforms.patch_size_vox)) * t.batch_size * (cfg.in_channels + 1) * 4
-    return t.num_workers * max(SHM_MIN_PER_WORKER, 4 * patch * max(1, cfg.transforms.samples_per_case))
+    return int(t.num_workers) * max(SHM_MIN_PER_WORKER, 4 * patch * max(1, cfg.transforms.samples_per_case))
 
 
 def shm_plan(workers: int, need: int, free: int | None) -> str | None:

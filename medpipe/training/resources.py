@@ -9,6 +9,7 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def cache_bytes(cfg: PipelineConfig, cases: list[Case]) -> int:
     target = np.asarray(cfg.transforms.spacing_mm, dtype=float)
     total = 0.0
     for case in cases:
-        hdr = nib.load(str(case.images[0])).header
+        hdr = cast(nib.Nifti1Image, nib.load(str(case.images[0]))).header
         shape = np.asarray(hdr.get_data_shape()[:3], dtype=float)
         zooms = np.asarray(hdr.get_zooms()[:3], dtype=float)
         voxels = float(np.prod(shape * zooms) / np.prod(target))  # the volume in mm³ over a target voxel's

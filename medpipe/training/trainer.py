@@ -213,10 +213,10 @@ class Trainer:
                                   + (f" ({'; '.join(changed[:5])})" if changed else ""), path=path,
                                   hint="use the run's config.yaml, or --force to resume anyway")
         if not force and ckpt.get("data_fingerprint") != self.fingerprint:
-            changed = dataset_changes(self.run_dir, self.case_identity)
+            data_changes = dataset_changes(self.run_dir, self.case_identity)
             raise CheckpointError(f"the dataset differs from the run being resumed (identity {self.fingerprint}, "
                                   f"the run recorded {ckpt.get('data_fingerprint')})"
-                                  + (f"; {changed}" if changed else ""), path=path,
+                                  + (f"; {data_changes}" if data_changes else ""), path=path,
                                   hint="--force to resume anyway")
         try:
             self.net.load_state_dict(ckpt["state_dict"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -19,7 +20,7 @@ from medpipe.errors import InputError
 def label_volumes_ml(path: Path, values: Iterable[int]) -> dict[int, float]:
     """Volume (ml) of each label value in one label file."""
     try:
-        img = nib.load(str(path))
+        img = cast(nib.Nifti1Image, nib.load(str(path)))
         data = np.asarray(img.dataobj)
     except (OSError, ValueError, nib.filebasedimages.ImageFileError) as err:
         raise InputError(f"cannot read label file ({err})", path=path) from err

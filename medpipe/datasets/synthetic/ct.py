@@ -195,8 +195,8 @@ def _ct_intensities(
 ) -> np.ndarray:
     """HU (I, J, K) int16: per-case tissue HU, heterogeneous tumour, partial-volume blur, noise inside the body."""
     table = np.zeros(256, np.float32)
-    for code, hu, jitter in CT_TISSUES.values():
-        table[code] = hu + rng.uniform(-jitter, jitter)
+    for code, base_hu, jitter in CT_TISSUES.values():
+        table[code] = base_hu + rng.uniform(-jitter, jitter)
     table[_CT["kidney_medulla"]] = table[_CT["kidney_cortex"]] - rng.uniform(0.0, 25.0)
     hu = table[tissue]
     hu += np.where(tissue == _CT["tumor"], 18.0 * texture, 0.0).astype(np.float32)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medpipe.cli.app import app, handled, out
+from medpipe.cli.app import app, err_console, handled, out
 from medpipe.cli.options import load_cli_config
 
 dataset_app = typer.Typer(help="Dataset tools: integrity check and fingerprint.", no_args_is_help=True)
@@ -29,15 +29,17 @@ def dataset_check(
 ) -> None:
     """Integrity report before training (missing files, channels, grids, label values, NaN/Inf, outliers,
     duplicates) and the dataset fingerprint. Exit code 1 when there are errors."""
-    from medpipe.cli.render import render_check
+    from medpipe.cli.render import check_progress, render_check
     from medpipe.datasets import check_dataset, save_fingerprint
 
     with handled():
         cfg = load_cli_config(labels_from) if labels_from else None
         if qc_dir is None and fingerprint is not None:
             qc_dir = fingerprint.with_name(fingerprint.name.split(".")[0] + "-qc")
-        report = check_dataset(root, fmt, labels=cfg.labels if cfg else None, channels=cfg.channels if cfg else None,
-                               allow_duplicates=allow_duplicates, qc_dir=qc_dir)
+        with check_progress(err_console) as on_case:
+            report = check_dataset(root, fmt, labels=cfg.labels if cfg else None,
+                                   channels=cfg.channels if cfg else None, allow_duplicates=allow_duplicates,
+                                   qc_dir=qc_dir, on_case=on_case)
         if fingerprint is not None:
             save_fingerprint(report, fingerprint)
     out.print(render_check(report))

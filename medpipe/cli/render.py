@@ -46,6 +46,7 @@ class TrainProgress:
         self.task: TaskID | None = None
         self.case_task: TaskID | None = None
         self.cache_task: TaskID | None = None
+        self.check_task: TaskID | None = None
         self.val_task: TaskID | None = None
         self.dice = ""
         self.console = console
@@ -77,6 +78,10 @@ class TrainProgress:
             self.progress.update(self.val_task, completed=ev.step)
         elif ev.kind == "phase":
             self.console.print(escape(ev.message))
+        elif ev.kind == "check":
+            if self.check_task is None:
+                self.check_task = self.progress.add_task("checking data", total=ev.steps, info="cases")
+            self.progress.update(self.check_task, completed=ev.step)
         elif ev.kind == "cache":
             if self.cache_task is None:
                 self.cache_task = self.progress.add_task("caching", total=ev.steps, info="cases")
@@ -92,6 +97,23 @@ class TrainProgress:
         if self.case_task is None:
             self.case_task = self.progress.add_task("segmenting", total=n, info="")
         self.progress.update(self.case_task, completed=i, info=f"{escape(res.case_id)}: {res.status}")
+
+
+@contextlib.contextmanager
+def check_progress(console: Console) -> Iterator[Callable[[str, int, int], None]]:
+    """A per-case bar for ``medpipe dataset check``; yields the ``on_case(case_id, done, total)`` callback."""
+    progress = Progress(TextColumn("[bold]checking"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), console=console, transient=True)
+    task: list[TaskID] = []
+
+    def on_case(case_id: str, done: int, total: int) -> None:
+        if not task:
+            task.append(progress.add_task("check", total=total, info=""))
+        progress.update(task[0], completed=done, info=escape(case_id))
+
+    with progress:
+        yield on_case
 
 
 @contextlib.contextmanager

@@ -219,11 +219,13 @@ def run_checks(cases: list[Case], labels: dict[int, str] | None, n_channels: int
 
 
 def preflight(cases: list[Case], labels: dict[int, str], n_channels: int, root: Path | str,
-              warnings: list[Issue] | None = None) -> list[CaseFacts]:
+              warnings: list[Issue] | None = None,
+              on_case: Callable[[str, int, int], None] | None = None) -> list[CaseFacts]:
     """The check before training: headers, grids, label values and every image's voxels (NaN/Inf are refused,
     naming the case and file). One DatasetError lists every case that fails; the warnings ``dataset check``
-    would give (empty labels, rounded label values, spacing/orientation outliers) are appended to ``warnings``."""
-    facts, issues = run_checks(cases, labels, n_channels, read_images=True)
+    would give (empty labels, rounded label values, spacing/orientation outliers) are appended to ``warnings``.
+    ``on_case(case_id, done, total)`` reports progress."""
+    facts, issues = run_checks(cases, labels, n_channels, read_images=True, on_case=on_case)
     raise_for(issues, "found before training", root)
     if warnings is not None:
         warnings += [i for i in issues if i.severity == "warning"] + _outliers(facts, Path(root))

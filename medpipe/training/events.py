@@ -10,9 +10,9 @@ from pathlib import Path
 class TrainEvent:
     """Progress reported to the caller (the CLI renders it). Only rank 0 of a DDP job reports."""
 
-    kind: str  # "start" | "notice" | "phase" (work before the first step, e.g. caching) | "cache" (case ``step``
-    #            of ``steps`` cached) | "step" | "val_case" (validation case ``step`` of ``steps`` done) | "epoch" |
-    #            "validation" | "done"
+    kind: str  # "start" | "notice" | "check" (pre-flight of case ``step`` of ``steps``) | "phase" (work before
+    #            the first step, e.g. caching) | "cache" (case ``step`` of ``steps`` cached) | "step" |
+    #            "val_case" (validation case ``step`` of ``steps`` done) | "epoch" | "validation" | "done"
     epoch: int
     epochs: int
     step: int = 0

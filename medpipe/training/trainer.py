@@ -113,7 +113,9 @@ class Trainer:
                                f"the plan recorded {cfg.data.fingerprint})", path=ds.root,
                                hint="run `medpipe plan` again, or clear data.fingerprint in the config")
         warnings: list[Any] = []
-        preflight(cases, cfg.labels, cfg.in_channels, ds.root, warnings)
+        epochs = cfg.training.epochs
+        preflight(cases, cfg.labels, cfg.in_channels, ds.root, warnings,
+                  on_case=lambda _c, i, n: self.emit(TrainEvent("check", 0, epochs, i, n)))
         self.notices += [f"dataset check: {w}" for w in warnings]
         self.volume_ranges: dict[str, list[float]] = {}
         if self.dist.is_main:

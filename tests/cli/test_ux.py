@@ -92,6 +92,7 @@ def test_help_shows_flags_without_a_value_and_the_series_labels() -> None:
 
 def test_training_shows_caching_and_the_final_bar_shows_the_latest_dice(trained_run: tuple[Path, str]) -> None:
     assert "caching 5 cases in memory" in _flat(trained_run[1])
+    assert "checking data" in _flat(trained_run[1])  # the pre-flight (reads every voxel) shows progress too
     from medpipe.cli.render import TrainProgress
 
     with TrainProgress(Console(file=io.StringIO(), width=200)) as progress:
@@ -208,3 +209,12 @@ def test_an_mr_series_given_to_a_ct_model_is_refused_as_mr(tmp_path: Path) -> No
     text = _flat(res.output)
     assert "modality MR, not CT" in text and "rescale intercept" not in text
     assert text.count("modality MR") == 1  # reported once
+
+
+def test_dataset_check_reports_progress_per_case(kits: Path) -> None:  # noqa: F811
+    from medpipe.datasets import check_dataset
+
+    seen: list[tuple[int, int]] = []
+    check_dataset(kits, on_case=lambda _case, done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] == len(seen) and sorted(d for d, _ in seen) == list(range(1, len(seen) + 1))
+

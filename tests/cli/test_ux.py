@@ -216,5 +216,6 @@ def test_dataset_check_reports_progress_per_case(kits: Path) -> None:  # noqa: F
 
     seen: list[tuple[int, int]] = []
     check_dataset(kits, on_case=lambda _case, done, total: seen.append((done, total)))
-    assert seen and seen[-1][0] == seen[-1][1] == len(seen) and sorted(d for d, _ in seen) == list(range(1, len(seen) + 1))
+    n = len(seen)
+    assert n and seen[-1][1] == n and sorted(d for d, _ in seen) == list(range(1, n + 1))
 

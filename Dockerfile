@@ -1,6 +1,8 @@
 # medpipe for GPU servers: CUDA-enabled PyTorch base, medpipe on top, non-root, no network needed at run time.
 #   docker build -t medpipe .
 #   docker run --rm --gpus all --network none -v "$PWD/data:/data" medpipe infer /data/run /data/scans -o /data/masks
+#   docker run --rm --gpus all --network none -v "$PWD/data:/data" medpipe batch /data/model.zip /data/scans \
+#       -o /data/batch --gpus all            # one worker per GPU, the ledger in /data/batch (docs/batch.md)
 # torch 2.9 (CUDA 12.8): MONAI 1.6 needs torch >= 2.8.
 FROM pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
 

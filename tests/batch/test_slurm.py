@@ -26,6 +26,7 @@ from tests.batch_cases import (
 from tests.services.slurm import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
 
 IDS = [f"case{i:03d}" for i in range(6)]
+IDS12 = [f"case{i:03d}" for i in range(12)]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,11 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def inputs6(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_cases(tmp_path_factory.mktemp("in6"), 6)
+
+
+@pytest.fixture(scope="module")
+def inputs12(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_cases(tmp_path_factory.mktemp("in12"), 12)
 
 
 def _slurm_cmd(model: Path, inputs: Path, out: Path) -> list[str]:
@@ -61,9 +67,9 @@ def test_slurm_array_batch_finishes_every_case_once(tmp_path: Path, slurm_cluste
 @pytest.mark.slow
 def test_slurm_worker_killed_then_whole_batch_killed_then_rerun(tmp_path: Path,
                                                                 slurm_cluster: SlurmCluster,  # noqa: F811
-                                                                model: Path, inputs6: Path) -> None:
+                                                                model: Path, inputs12: Path) -> None:
     out = tmp_path / "out"
-    cmd = _slurm_cmd(model, inputs6, out)
+    cmd = _slurm_cmd(model, inputs12, out)  # 12 cases in chunks of 3: work is still in flight after the retry
     proc = start(cmd, tmp_path / "run1.log")
     try:
         killed = kill_worker_mid_case(out, 400)  # inside an array task: retried by a fresh worker there
@@ -89,7 +95,7 @@ def test_slurm_worker_killed_then_whole_batch_killed_then_rerun(tmp_path: Path,
     assert not in_flight & set(finished)
     res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    done = check_ledger(out, IDS)
+    done = check_ledger(out, IDS12)
     for cid, rec in finished.items():
         assert done[cid] == rec  # done before the kill: not recomputed
     for cid in in_flight:

@@ -29,8 +29,7 @@ from torch import nn
 from medpipe.config import PipelineConfig
 from medpipe.errors import CheckpointError
 from medpipe.inference.sidecar import MemberRef
-from medpipe.models.checkpoint import config_of, load_checkpoint
-from medpipe.models.factory import build_model
+from medpipe.models.checkpoint import load_checkpoint, model_from_loaded
 from medpipe.models.package import is_package, load_package_models
 from medpipe.models.trainrange import TrainingRange
 from medpipe.runtime import sha256_file
@@ -135,16 +134,11 @@ def checkpoints_of(path: Path, folds: Sequence[int] | None = None) -> list[tuple
 def load_model(path: Path, device: str, fold: int | None = None) -> LoadedModel:
     """One checkpoint, rebuilt and loaded strictly (``torch.load(weights_only=True)``)."""
     ckpt = load_checkpoint(path)
-    cfg = config_of(ckpt, path)
-    network = build_model(cfg)
-    try:
-        network.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"weights do not fit the stored architecture: {str(err)[:300]}", path=path) from err
+    network, cfg = model_from_loaded(ckpt, path, device)
     if fold is None and cfg.data.fold >= 0:
         fold = cfg.data.fold
     volumes = ckpt.get("label_volumes_ml") or {}
-    return LoadedModel(network.to(device).eval(), cfg, Path(path), sha256_file(path), fold,
+    return LoadedModel(network, cfg, Path(path), sha256_file(path), fold,
                        {str(k): [float(v[0]), float(v[1])] for k, v in volumes.items()},
                        TrainingRange.from_json(ckpt.get("training_range", {})))
 

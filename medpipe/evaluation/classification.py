@@ -21,6 +21,11 @@ from medpipe.errors import InputError
 CLASSIFICATION_FORMAT_VERSION = 1
 
 
+def _num(v: Any) -> float:
+    """A JSON number back to float; null (NaN written as JSON) -> NaN."""
+    return math.nan if v is None else float(v)
+
+
 def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     """AUC of ``scores`` for bool labels ``positive``: P(score of a positive > score of a negative) + half the
     ties. NaN when either group is empty."""
@@ -89,6 +94,12 @@ class ClassMetrics:
         return {"index": self.index, "name": self.name, "n": self.n, "sensitivity": self.sensitivity,
                 "specificity": self.specificity, "auc": self.auc, "auc_ci95": list(self.auc_ci)}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClassMetrics:
+        lo, hi = d["auc_ci95"]
+        return cls(int(d["index"]), str(d["name"]), int(d["n"]), _num(d["sensitivity"]), _num(d["specificity"]),
+                   _num(d["auc"]), (_num(lo), _num(hi)))
+
 
 @dataclass(frozen=True)
 class ClassificationMetrics:
@@ -114,6 +125,17 @@ class ClassificationMetrics:
                 "auc": self.auc, "auc_ci95": list(self.auc_ci), "n_bootstrap": self.n_bootstrap,
                 "bootstrap_used": self.bootstrap_used}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClassificationMetrics:
+        if d.get("format_version") != CLASSIFICATION_FORMAT_VERSION:
+            raise InputError(f"unknown classification metrics format_version {d.get('format_version')!r}",
+                             hint=f"this medpipe reads version {CLASSIFICATION_FORMAT_VERSION}")
+        lo, hi = d["auc_ci95"]
+        return cls(tuple(str(c) for c in d["classes"]), int(d["n"]), _num(d["accuracy"]),
+                   _num(d["balanced_accuracy"]), tuple(tuple(int(v) for v in row) for row in d["confusion"]),
+                   tuple(ClassMetrics.from_json(c) for c in d["per_class"]), _num(d["auc"]), (_num(lo), _num(hi)),
+                   int(d["n_bootstrap"]), int(d["bootstrap_used"]))
+
 
 def classification_metrics(y: Sequence[int], probs: np.ndarray, classes: Sequence[str], *, n_bootstrap: int = 1000,
                            seed: int = 0) -> ClassificationMetrics:
@@ -136,8 +158,8 @@ def classification_metrics(y: Sequence[int], probs: np.ndarray, classes: Sequenc
         tn = len(y_arr) - tp - fn - fp
         auc = roc_auc(pos, p[:, c])
         lo, hi, _ = bootstrap_auc(pos, p[:, c], n_bootstrap, seed)
-        per_class.append(ClassMetrics(c, classes[c], int(pos.sum()), tp / (tp + fn) if tp + fn else math.nan,
-                                      tn / (tn + fp) if tn + fp else math.nan, auc, (lo, hi)))
+        per_class.append(ClassMetrics(c, classes[c], int(pos.sum()), float(tp / (tp + fn)) if tp + fn else math.nan,
+                                      float(tn / (tn + fp)) if tn + fp else math.nan, auc, (lo, hi)))
     sens = [m.sensitivity for m in per_class if not math.isnan(m.sensitivity)]
     if k == 2:
         auc, (lo, hi), used = per_class[1].auc, per_class[1].auc_ci, bootstrap_auc(y_arr == 1, p[:, 1], n_bootstrap,

@@ -22,7 +22,7 @@ from medpipe.evaluation.report import _CSS, _PALETTE, _fmt, _img, _png, _table
 from medpipe.evaluation.result import ClassificationSummary
 
 _EXTRA_CSS = """.figs{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.figs img{max-width:560px}
-tr.wrong td{background:#fde8e8}tr.wrong td:first-child{border-left:4px solid #c0392b}"""
+td.t,th.t{text-align:left}tr.wrong td{background:#fde8e8}tr.wrong td:first-child{border-left:4px solid #c0392b}"""
 
 
 def cases_csv(cases: Sequence[str], y: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> str:
@@ -46,12 +46,11 @@ def roc_png(y: np.ndarray, probs: np.ndarray, m: ClassificationMetrics) -> bytes
     """ROC curves, one-vs-rest: one curve for two classes (the positive class, index 1), else one per class,
     each with its AUC and 95 % bootstrap interval in the legend, the argmax decision marked, and the diagonal."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     fig = Figure(figsize=(5.6, 5.2), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=1, label="chance (AUC 0.5)")
     shown = [1] if len(m.classes) == 2 else range(len(m.classes))
-    marked = False
     for i, c in enumerate(shown):
         cls = m.per_class[c]
         colour = _PALETTE[2] if len(m.classes) == 2 else _PALETTE[i % len(_PALETTE)]
@@ -61,17 +60,18 @@ def roc_png(y: np.ndarray, probs: np.ndarray, m: ClassificationMetrics) -> bytes
         fpr, tpr = roc_curve(pos, probs[:, c])
         name = f"{cls.name} vs rest" if len(m.classes) > 2 else f"{cls.name} (positive)"
         ax.plot(fpr, tpr, color=colour, linewidth=2, label=f"{name}: {_auc_text(cls.auc, cls.auc_ci)}")
-        ax.plot([1 - cls.specificity], [cls.sensitivity], "o", color=colour, markersize=6,
-                markeredgecolor="white", label=None if marked else "argmax decision")
-        marked = True
+        ax.plot([1 - cls.specificity], [cls.sensitivity], "o", color=colour, markersize=7, markeredgecolor="white")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=1, label="chance (AUC 0.5)")
+    handles, _ = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], marker="o", linestyle="", color="#555555", label="argmax decision"))
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
     ax.set_xlabel("false positive rate (1 − specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title("ROC, one-vs-rest" if len(m.classes) > 2 else "ROC", fontsize=11)
+    ax.set_title("ROC, one-vs-rest" if len(m.classes) > 2 else f"ROC: {m.classes[1]} vs {m.classes[0]}", fontsize=11)
     ax.grid(color="#e5e5e5")
-    ax.legend(loc="lower right", fontsize=8, frameon=True, framealpha=0.9)
+    ax.legend(handles=handles, loc="lower right", fontsize=8, frameon=True, framealpha=0.9)
     for spine in ("top", "right"):
         ax.spines[spine].set_visible(False)
     return _png(fig)
@@ -138,8 +138,8 @@ def _warnings(s: ClassificationSummary) -> list[str]:
 def _case_table(s: ClassificationSummary, y: np.ndarray, probs: np.ndarray) -> str:
     """Cases by the probability given to their true class, lowest first; wrong predictions highlighted."""
     e, classes = html.escape, s.metrics.classes
-    head = "".join(f"<th>{e(h)}</th>" for h in ["case", "truth", "predicted", "p(truth)",
-                                                 *(f"p({c})" for c in classes)])
+    head = "<th>case</th><th class=t>truth</th><th class=t>predicted</th>" + "".join(
+        f"<th>{e(h)}</th>" for h in ["p(truth)", *(f"p({c})" for c in classes)])
     body = []
     for i in sorted(range(len(s.cases)), key=lambda i: (probs[i, y[i]], s.cases[i])):
         k = int(np.argmax(probs[i]))
@@ -147,7 +147,8 @@ def _case_table(s: ClassificationSummary, y: np.ndarray, probs: np.ndarray) -> s
         cells = [e(s.cases[i]), e(classes[y[i]]), (f"<span class=bad>{e(classes[k])}</span>" if wrong
                                                     else e(classes[k])), _fmt(float(probs[i, y[i]])),
                  *(_fmt(float(v)) for v in probs[i])]
-        body.append(f"<tr{' class=wrong' if wrong else ''}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        body.append(f"<tr{' class=wrong' if wrong else ''}>" + "".join(
+            f"<td{' class=t' if j in (1, 2) else ''}>{c}</td>" for j, c in enumerate(cells)) + "</tr>")
     n_wrong = int((probs.argmax(axis=1) != y).sum())
     return (f"<h2>Cases, least sure of the truth first</h2><div class=sub>{n_wrong} wrong prediction(s) "
             f"highlighted; every case: <code>cases.csv</code></div><table><tr>{head}</tr>{''.join(body)}</table>")

@@ -167,3 +167,14 @@ def test_pictures_are_real_pngs_and_the_report_embeds_and_links_them(tmp_path: P
     for text in ("balanced accuracy", "sensitivity", "specificity", "ROC AUC (present vs absent)", "0.667"):
         assert text in page
     assert not list((tmp_path / "out").glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+def test_one_class_only_gives_undefined_auc_written_as_null_and_warned(tmp_path: Path) -> None:
+    pred, _ = hand_case(tmp_path)
+    truth = write_truth(tmp_path / "t.csv", [(c, "absent") for c, _, _ in HAND])
+    s = evaluate_classification(pred, truth, tmp_path / "out", n_bootstrap=20)
+    assert np.isnan(s.metrics.auc) and s.metrics.per_class[1].n == 0 and s.metrics.accuracy == 0.5
+    doc = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert doc["metrics"]["auc"] is None
+    assert np.isnan(ClassificationSummary.from_json(doc).metrics.per_class[1].sensitivity)
+    assert "No true cases of present" in (tmp_path / "out" / "report.html").read_text()

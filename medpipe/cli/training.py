@@ -78,6 +78,12 @@ def run(
                       "starts over)", soft_wrap=True)
             return
         render_infer(out, result.infer)
-        out.print(render_table(result.evaluation))
-    out.print(f"[green]done[/]: model in {out_dir / 'model'}, masks in {out_dir / 'predictions'}, "
+        if cfg.is_classification:
+            from medpipe.cli.render import render_classification
+
+            out.print(render_classification(result.evaluation))
+        else:
+            out.print(render_table(result.evaluation))
+    what = "predictions.csv" if cfg.is_classification else "masks"
+    out.print(f"[green]done[/]: model in {out_dir / 'model'}, {what} in {out_dir / 'predictions'}, "
               f"report in {out_dir / 'report' / 'report.html'}")

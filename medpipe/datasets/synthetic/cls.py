@@ -132,7 +132,7 @@ def make_cls_case(seed: int, index: int) -> ClsCase:
     for _ in range(n_cysts):  # benign cysts, in both classes: in a kidney (mostly) or the liver
         organ = int(rng.integers(0, 3))
         if organ < 2:
-            ball, _, _ = _sphere_in(p, rng, poses[organ], 3.0, 7.0, (0.3, 0.9))
+            ball, _, _ = _sphere_in(p, rng, poses[organ], 3.0, 6.0, (0.3, 0.9))
             tissue = paint(tissue, ball & cavity, _T["cyst"])
         else:
             ball, _, _ = _sphere_in(p, rng, (-18.0, 6.0, 10.0, 20.0, 16.0, 50.0), 4.0, 9.0, (0.0, 0.7))
@@ -141,7 +141,7 @@ def make_cls_case(seed: int, index: int) -> ClsCase:
     texture = smooth_field(rng, shape, 1.5 / spacing)
     if positive:
         k = poses[int(rng.integers(0, 2))]
-        ball, _, _ = _sphere_in(p, rng, k, 7.0, 12.0, (0.4, 0.85))
+        ball, _, _ = _sphere_in(p, rng, k, 10.0, 15.0, (0.4, 0.8))
         irregular = ball | (ellipsoid_r2(p, k[:3], k[3:]) <= 1.0) & ndimage.binary_dilation(ball, iterations=1) \
             & (texture > 0.3)
         tissue = paint(tissue, irregular & cavity & (tissue != _T["bone"]) & (tissue != _T["marrow"]), _T["tumor"])
@@ -153,7 +153,7 @@ def make_cls_case(seed: int, index: int) -> ClsCase:
 
 
 def _intensities(tissue: np.ndarray, rng: np.random.Generator, spacing: np.ndarray, texture: np.ndarray) -> np.ndarray:
-    """HU: a per-case contrast phase scales every enhancing tissue; the tumour takes 35-55 % of the cortex HU with
+    """HU: a per-case contrast phase scales every enhancing tissue; the tumour takes 25-45 % of the cortex HU with
     texture, a cyst stays at water density; partial-volume blur; noise of 8-18 HU inside the body."""
     phase = rng.uniform(0.7, 1.25)
     cortex = 185.0 * phase
@@ -161,11 +161,11 @@ def _intensities(tissue: np.ndarray, rng: np.random.Generator, spacing: np.ndarr
     nominal = {"air": -1000.0, "fat": -100.0, "muscle": 45.0, "visceral_fat": -90.0, "bowel": 20.0 + 15 * phase,
                "gas": -950.0, "liver": 45.0 + 25.0 * phase, "spleen": 60.0 + 50.0 * phase, "bone": 700.0,
                "marrow": 300.0, "aorta": 80.0 + 160.0 * phase, "cortex": cortex, "medulla": cortex - 20.0,
-               "sinus": -70.0, "cyst": rng.uniform(0.0, 20.0), "tumor": cortex * rng.uniform(0.35, 0.55)}
+               "sinus": -70.0, "cyst": rng.uniform(0.0, 20.0), "tumor": cortex * rng.uniform(0.25, 0.45)}
     for name, code in _T.items():
         table[code] = nominal[name] + (rng.uniform(-8.0, 8.0) if name not in ("air", "gas") else 0.0)
     hu = table[tissue]
-    hu += np.where(tissue == _T["tumor"], 20.0 * texture, 0.0).astype(np.float32)
+    hu += np.where(tissue == _T["tumor"], 30.0 * texture, 0.0).astype(np.float32)
     hu = ndimage.gaussian_filter(hu, 0.6 / spacing, truncate=3.0)
     noise = rng.standard_normal(tissue.shape, dtype=np.float32) * np.float32(rng.uniform(8.0, 18.0))
     hu = np.where(tissue != _T["air"], hu + noise, np.float32(-1000.0))

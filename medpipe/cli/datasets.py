@@ -75,7 +75,7 @@ def sample_data(
     seed: Annotated[int, typer.Option(min=0, help="Random seed (same seed, same bytes).")] = 0,
     n_ct: Annotated[int, typer.Option(min=0, help="Number of KiTS-style CT cases.")] = 12,
     n_mri: Annotated[int, typer.Option(min=0, help="Number of BraTS-style MRI cases.")] = 10,
-    n_cls: Annotated[int, typer.Option(min=0, help="Number of classification CT cases (tumour / none).")] = 60,
+    n_cls: Annotated[int, typer.Option(min=0, help="Number of classification CT cases (tumour / none).")] = 200,
 ) -> None:
     """Generate the synthetic KiTS-style CT, BraTS-style MRI and CT classification sample sets."""
     from medpipe.datasets.synthetic import generate_sample_data

@@ -235,6 +235,9 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
     each written atomically. Never raises a MedpipeError: a bad case comes back as ``status="failed"`` with the
     reason. ``reserved``: case ids already written by this batch (a second input with the same id is refused;
     the id is added)."""
+    if seg.cfg.is_classification:
+        return CaseResult(case.case_id or "DICOM series", "failed", error=f"{seg.checkpoint}: a classifier; classify "
+                          "with `medpipe infer` (predictions.csv), not case by case")
     options = CaseOptions(overwrite, dicom_options, allow_non_hu, save_probabilities, save_uncertainty, formats,
                           seg_type)
     return _run(seg, case, out_dir, options, reserved)

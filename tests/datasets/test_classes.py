@@ -61,10 +61,10 @@ def test_sample_classes_from_csv_and_from_segmentation_agree() -> None:
     derived = cfg_for(SAMPLE, class_from_label={"label": 2, "min_voxels": 10})
     listed = cfg_for(SAMPLE, class_csv=str(SAMPLE / "labels.csv"))
     cases = list(load_task_dataset(derived).cases)
-    assert len(cases) == 80
+    assert len(cases) == 200
     a, b = case_classes(derived, cases), case_classes(listed, cases)
     assert a == b == {c.case_id: int(has_tumor(int(c.case_id[4:]))) for c in cases}
-    assert sum(a.values()) == 40
+    assert sum(a.values()) == 100
 
 
 def test_a_case_missing_from_the_csv_is_named(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_phantom_classes_and_confounders() -> None:
     assert [c.tumor for c in cases] == [has_tumor(i) for i in range(8)] == [True, False, False, True] * 2
     for c in cases:
         assert bool((c.labels == 2).sum() >= 10) == c.tumor and (c.labels == 1).any()
-        assert c.hu.shape[:2] == (48, 48) and c.hu.shape[2] == round(80 / c.slice_mm)
+        assert c.hu.shape[:2] == (32, 32) and c.hu.shape[2] == round(80 / c.slice_mm)
     assert {c.slice_mm for c in cases} > {5.0} and any(c.n_cysts for c in cases if not c.tumor)
     # the class is not in the global intensity: mean body HU overlaps between the classes
     mean = {t: [float(c.hu[c.hu > -500].mean()) for c in cases if c.tumor == t] for t in (True, False)}

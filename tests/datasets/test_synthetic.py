@@ -261,7 +261,7 @@ def test_committed_sample_data_is_what_seed_0_generates(tmp_path: Path) -> None:
     """Guards determinism across runs. If this fails after a deliberate generator change (or a numpy/scipy
     upgrade that changes the random streams), regenerate: ``medpipe sample-data sample_data --seed 0``."""
     summary = generate_sample_data(tmp_path, seed=0)
-    assert len(summary.ct_case_ids) == 12 and len(summary.mri_case_ids) == 10 and len(summary.cls_case_ids) == 96
+    assert len(summary.ct_case_ids) == 12 and len(summary.mri_case_ids) == 10 and len(summary.cls_case_ids) == 200
     assert _tree(COMMITTED) == _tree(tmp_path)
     for rel in _tree(tmp_path):
         assert _payload_sha256(COMMITTED / rel) == _payload_sha256(tmp_path / rel), rel

@@ -68,7 +68,7 @@ def _check_args(seed: int, n_ct: int, n_mri: int, n_cls: int = 0) -> None:
 
 
 def generate_sample_data(out_dir: Path, seed: int = 0, *, n_ct: int = 12, n_mri: int = 10,
-                         n_cls: int = 60) -> SampleSummary:
+                         n_cls: int = 200) -> SampleSummary:
     """Write ``n_ct`` KiTS-style CT cases, ``n_mri`` BraTS-2023-style MRI cases and ``n_cls`` classification CT
     cases under ``out_dir``.
 

@@ -26,8 +26,8 @@ from medpipe.datasets.synthetic.phantom import (
     superellipse,
 )
 
-CLS_INPLANE_VOX = 48
-CLS_INPLANE_MM = 2.0
+CLS_INPLANE_VOX = 32
+CLS_INPLANE_MM = 3.0
 CLS_THICKNESS_MM = (3.0, 4.0, 5.0)
 CLS_LABELS: dict[int, str] = {0: "background", 1: "kidney", 2: "tumor"}
 CLS_CLASSES = ("no_tumor", "tumor")
@@ -91,7 +91,7 @@ def _sphere_in(p: Coords, rng: np.random.Generator, pose: tuple[float, ...], r_l
 
 
 def make_cls_case(seed: int, index: int) -> ClsCase:
-    """The classification phantom ``cls_{index:05d}``: 48 x 48 voxels of 2 mm in-plane, 3/4/5 mm slices over
+    """The classification phantom ``cls_{index:05d}``: 32 x 32 voxels of 3 mm in-plane, 3/4/5 mm slices over
     80 mm, RAS or LPS voxel order; positive when :func:`has_tumor` (a renal mass, label 2)."""
     rng = np.random.default_rng([seed, _STREAM_CLS, index])
     shape, affine, thickness = _grid(rng, index)
@@ -141,7 +141,7 @@ def make_cls_case(seed: int, index: int) -> ClsCase:
     texture = smooth_field(rng, shape, 1.5 / spacing)
     if positive:
         k = poses[int(rng.integers(0, 2))]
-        ball, _, _ = _sphere_in(p, rng, k, 10.0, 15.0, (0.4, 0.8))
+        ball, _, _ = _sphere_in(p, rng, k, 12.0, 17.0, (0.5, 0.9))
         irregular = ball | (ellipsoid_r2(p, k[:3], k[3:]) <= 1.0) & ndimage.binary_dilation(ball, iterations=1) \
             & (texture > 0.3)
         tissue = paint(tissue, irregular & cavity & (tissue != _T["bone"]) & (tissue != _T["marrow"]), _T["tumor"])

@@ -148,6 +148,20 @@ def test_classifier_trains_resumes_exactly_and_infers(tmp_path: Path, blocks: Pa
     again = infer(run, [tmp_path / "in"], tmp_path / "pred", device="cpu")  # resume: finished rows are kept
     assert {c.case_id: c.status for c in again.cases if c.case_id != "normalised"} == dict.fromkeys(status, "skipped")
     assert len((tmp_path / "pred" / "predictions.csv").read_text().splitlines()) == len(rows) + 1
+    # folds: the mean softmax of the fold models (two identical models here: the same probabilities), and mirror TTA
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    (folds / "fold_0").symlink_to(run)
+    (folds / "fold_1").symlink_to(resumed)
+    infer(folds, staged, tmp_path / "ens", device="cpu")
+    with (tmp_path / "ens" / "predictions.csv").open() as fh:
+        ens = {r["case"]: float(r["prob_block"]) for r in csv.DictReader(fh)}
+    assert ens == pytest.approx({r["case"]: float(r["prob_block"]) for r in rows}, abs=2e-6)
+    side = json.loads((tmp_path / "ens" / f"{rows[0]['case']}.json").read_text())
+    assert side["model"]["n_models"] == 2 and side["ensemble"]["folds"] == [0, 1]
+    infer(run, staged, tmp_path / "tta", device="cpu", tta="flip")
+    side = json.loads((tmp_path / "tta" / f"{rows[0]['case']}.json").read_text())
+    assert side["ensemble"]["n_passes"] == 4 and sum(side["probabilities"].values()) == pytest.approx(1.0)
 
 
 @pytest.mark.slow

@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--legacy", action="store_true", help="time medpipe infer-nnunet on the result folder")
+    ap.add_argument("--allow-non-hu", action="store_true", help="medpipe infer: inputs that are not CT in HU")
     args = ap.parse_args()
 
     cases = sorted(p for p in args.images.iterdir() if p.name.endswith("_0000.nii.gz"))
@@ -105,7 +106,8 @@ def main() -> None:
                           (["--no-tta"] if args.no_tta else [])
                 else:
                     cmd = [sys.executable, "-m", "medpipe", "infer", str(package), str(single), "-o", str(out),
-                           "--device", "cpu", "--overwrite", "--tta", "none" if args.no_tta else "all"]
+                           "--device", "cpu", "--overwrite", "--tta", "none" if args.no_tta else "all"] + \
+                          (["--allow-non-hu"] if args.allow_non_hu else [])
                 wall, rss = run_measured(cmd, env)
                 if tool not in best or wall < best[tool][0]:
                     best[tool] = (wall, max(rss, best.get(tool, (0, 0))[1]) if tool in best else rss)

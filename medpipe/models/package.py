@@ -137,8 +137,8 @@ def config_of_manifest(manifest: Manifest, where: str | Path = MANIFEST_NAME) ->
     """The pipeline config medpipe runs a ``kind: medpipe`` package with (its sliding window from the manifest)."""
     pre = manifest.preprocessing
     if pre.kind != "medpipe":
-        hint = ("run it on its own with `medpipe infer PACKAGE ...` (nnU-Net packages are not ensembled with "
-                "other models, and `medpipe batch` / `medpipe explain` do not run them yet)" if pre.kind == "nnunet"
+        hint = ("run it on its own with `medpipe infer PACKAGE ...` or `medpipe batch` (nnU-Net packages are not "
+                "ensembled with other models, and `medpipe explain` does not run them yet)" if pre.kind == "nnunet"
                 else "this medpipe version cannot run it")
         raise CheckpointError(f"preprocessing kind '{pre.kind}' is not run by this loader", path=where, hint=hint)
     raw = dict(pre.config)

@@ -167,3 +167,18 @@ def test_batch_adapter_runs_nnunet_packages(folders: dict[str, Path], tmp_path: 
     direct = predict_nnunet(folders["labels"], [image], tmp_path / "direct", postprocess=True)
     assert np.array_equal(np.asarray(nib.load(tmp_path / "out" / "caseB.nii.gz").dataobj),
                           np.asarray(nib.load(direct[0].output).dataobj))
+
+
+def test_regions_that_do_not_decode_are_refused(folders: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "swapped"
+    folder.mkdir()
+    (folder / "plans.json").write_bytes((folders["regions"] / "plans.json").read_bytes())
+    dataset = json.loads((folders["regions"] / "dataset.json").read_text())
+    dataset["regions_class_order"] = [2, 1]
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    (folder / "fold_0").mkdir()
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(
+        (folders["regions"] / "fold_0" / "checkpoint_final.pth").read_bytes())
+    res = runner.invoke(app, ["import", "nnunet", str(folder), "-o", str(tmp_path / "x.zip")])
+    assert res.exit_code == 1 and "regions_class_order [2, 1]" in res.output and "dataset.json" in res.output
+    assert not (tmp_path / "x.zip").exists()

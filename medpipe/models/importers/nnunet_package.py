@@ -86,12 +86,13 @@ def _decoded_region_values(record: NnunetRecord) -> list[int]:
 
 def manifest_from_record(record: NnunetRecord, folds: Sequence[Fold], *, licence: str = "unspecified",
                          name: str | None = None, software: dict[str, str] | None = None,
-                         training: dict[str, Any] | None = None) -> Manifest:
-    """The manifest of an imported nnU-Net configuration (``files`` is filled in when the package is written)."""
+                         training: dict[str, Any] | None = None, where: str | Path = "dataset.json") -> Manifest:
+    """The manifest of an imported nnU-Net configuration (``files`` is filled in when the package is written);
+    ``where``: the dataset.json named when its regions cannot be decoded."""
     if record.has_regions and list(record.regions_class_order or ()) != _decoded_region_values(record):
         raise CheckpointError(f"regions_class_order {list(record.regions_class_order or ())} does not match the "
                               f"nesting of the regions {[list(r) for r in record.regions]} (each region must add "
-                              "exactly the label it is painted with, largest region first)", path="dataset.json")
+                              "exactly the label it is painted with, largest region first)", path=where)
     names = record.label_names
     region_names = [k for k, v in record.labels.items()
                     if k != "ignore" and {int(x) for x in (v if isinstance(v, list | tuple) else [v])} != {0}]
@@ -242,7 +243,7 @@ def import_nnunet_package(folder: str | Path, dest: str | Path, folds: Sequence[
     training = {"trainer": record.trainer_name, "configuration": record.configuration,
                 "folds": [f.fold for f in manifest_folds]}
     manifest = manifest_from_record(record, manifest_folds, licence=licence or "unspecified", name=name,
-                                    software=software, training=training)
+                                    software=software, training=training, where=folder / "dataset.json")
     if record_from_manifest(manifest, str(dest)) != record:  # what we write must describe what we read
         raise CheckpointError("internal: the manifest does not reproduce the nnU-Net record", path=folder)
     return write_package(Path(dest), manifest, files)

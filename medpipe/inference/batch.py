@@ -20,6 +20,7 @@ from medpipe.inference import dicom_outputs
 from medpipe.inference.export import write_mask
 from medpipe.inference.inputs import InputCase, LoadedCase, collect_inputs, ct_intensity_check, load_case
 from medpipe.inference.memory import peaks, reset_peaks
+from medpipe.inference.nnunet_package import predictor_for
 from medpipe.inference.outputs import extra_outputs, write_extras
 from medpipe.inference.pipeline import Finished, run_pipelined
 from medpipe.inference.predictor import EnsembleScores, Prediction, Predictor
@@ -134,7 +135,7 @@ def infer(run: Path | Sequence[Path], inputs: list[Path], out_dir: Path, *, devi
         preflight(push)
     ensure_writable_dir(out_dir)
     runs = [Path(run)] if isinstance(run, str | Path) else [Path(r) for r in run]
-    seg = Predictor(runs, device, overlap, sw_batch_size, engine, folds=folds, tta=tta)
+    seg = predictor_for(runs, device, overlap, sw_batch_size, engine, folds=folds, tta=tta)  # nnU-Net packages too
     if min_lesion_ml is not None:  # part of the config, so of its hash: a changed minimum recomputes the cases
         seg.cfg = seg.cfg.with_overrides(inference={"min_lesion_ml": min_lesion_ml})
     cases = collect_inputs(inputs, seg.cfg.channels)
@@ -290,7 +291,8 @@ def build_sidecar(seg: Predictor, case: LoadedCase, mask: Path, details: Segment
     inf = seg.cfg.inference
     return InferenceSidecar(
         case=case.case_id, mask=mask.name, input_sha256=case.input_sha256,
-        model=ModelRef(seg.checkpoint.name, seg.model_sha256, seg.cfg.model.arch, len(seg.model_set.models)),
+        model=ModelRef(seg.checkpoint.name, seg.model_sha256, getattr(seg, "arch_name", seg.cfg.model.arch),
+                       len(seg.model_set.models)),
         config_hash=seg.cfg.digest(),
         labels=dict(seg.cfg.labels), source_grid=case.grid, device=seg.device,
         sliding_window=SlidingWindowSettings(tuple(inf.roi_size_vox), inf.overlap, inf.sw_batch_size, inf.blend),

@@ -21,6 +21,7 @@ source grid is ever held; only the uint8 result is.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -54,6 +55,29 @@ def probabilities_on_grid(scores: MetaTensor, source: Grid) -> np.ndarray:
         p[0][outside] = 1.0
         out[:, :, k0:k1, :] = np.moveaxis(quantise(p), 0, -1)
     return out
+
+
+class LabelProbabilities(Mapping[int, np.ndarray]):
+    """The frames of uint8 maps (I, J, K, C) from :func:`probabilities_on_grid` as label value -> float32
+    (I, J, K) probabilities (byte / 255), converted one label at a time when read: the lesion table's mean and
+    maximum probability per lesion are those of ``<case>_probabilities.nii.gz``."""
+
+    def __init__(self, quantised: np.ndarray) -> None:
+        self.quantised = quantised
+
+    def __getitem__(self, label: int) -> np.ndarray:
+        if not 0 <= label < self.quantised.shape[-1]:
+            raise KeyError(label)
+        return self.quantised[..., label].astype(np.float32) * np.float32(SCALE)
+
+    def __contains__(self, label: object) -> bool:  # without converting the frame
+        return isinstance(label, int) and 0 <= label < self.quantised.shape[-1]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.quantised.shape[-1]))
+
+    def __len__(self) -> int:
+        return int(self.quantised.shape[-1])
 
 
 def uncertainty_maps(mean: torch.Tensor, entropy_sum: torch.Tensor | None, n_passes: int) -> torch.Tensor:

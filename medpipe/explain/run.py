@@ -26,7 +26,7 @@ from medpipe.labels import label_scores
 from medpipe.runtime import versions
 from medpipe.transforms import preprocess
 
-EXPLAIN_FORMAT_VERSION = 1
+EXPLAIN_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,28 @@ class ExplainResult:
     smoothgrad_samples: int
     files: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    #: class activation weighting (``hirescam`` or ``gradcam``) and whether ``layer`` was chosen automatically
+    weighting: str = "hirescam"
+    layer_chosen: str = "automatic"
+    smoothgrad_kind: str = "gradxinput"
+    #: the maps' maxima before scaling to [0, 1] (network grid), by map kind; 0 means the map is all zero
+    raw_max: dict[str, float] = field(default_factory=dict)
     format_version: int = EXPLAIN_FORMAT_VERSION
+
+    @property
+    def empty_maps(self) -> list[str]:
+        """Map kinds that are zero everywhere (nothing of the score is attributed: e.g. a negative weighted sum)."""
+        return [k for k, v in self.raw_max.items() if v <= 0.0]
 
     def to_json(self) -> dict[str, Any]:
         return {"format_version": self.format_version, "case": self.case, "label": self.label,
                 "label_name": self.label_name, "target": self.target,
-                "target_voxels_network": self.target_voxels_network, "layer": self.layer, "windows": self.windows,
-                "smoothgrad_samples": self.smoothgrad_samples, "files": self.files, "seconds": self.seconds,
-                "maps": "scaled to [0, 1] by their maximum; resampled (linear) onto the scan's grid"}
+                "target_voxels_network": self.target_voxels_network, "layer": self.layer,
+                "layer_chosen": self.layer_chosen, "weighting": self.weighting, "windows": self.windows,
+                "smoothgrad_samples": self.smoothgrad_samples, "smoothgrad_kind": self.smoothgrad_kind,
+                "raw_max": self.raw_max, "empty_maps": self.empty_maps, "files": self.files, "seconds": self.seconds,
+                "maps": "0 outside the body; scaled to [0, 1] by their maximum; resampled (linear) onto the "
+                        "scan's grid"}
 
 
 def resolve_label(label: str | int, labels: dict[int, str]) -> int:
@@ -93,7 +107,7 @@ def write_map(path: Path, data: np.ndarray, grid: Grid) -> Path:
 
 def explain(run: Path, scan: Path, label: str | int, out_dir: Path, *, device: str = "auto",
             target_mask: Path | None = None, layer: str | None = None, n_samples: int = 8, noise: float = 0.15,
-            margin_mm: float = 10.0) -> ExplainResult:
+            margin_mm: float = 10.0, weighting: str = "hirescam", smoothgrad_kind: str = "gradxinput") -> ExplainResult:
     """Explain label ``label`` of the model in ``run`` on ``scan`` into ``out_dir``.
 
     The score explained is the label's logit summed inside the model's own predicted mask of that label (or inside
@@ -126,20 +140,22 @@ def explain(run: Path, scan: Path, label: str | int, out_dir: Path, *, device: s
                          hint="pass --mask with a segmentation of the structure")
     margin = int(np.ceil(margin_mm / min(seg.cfg.transforms.spacing_mm)))
     maps = explain_network(seg.model, net.as_tensor().to(seg.device), target, _channel(seg, value),
-                           seg.cfg.inference.roi_size_vox, layer=layer, margin_vox=margin, n_samples=n_samples,
-                           noise=noise)
+                           seg.cfg.inference.roi_size_vox, layer=layer, weighting=weighting,
+                           smoothgrad_kind=smoothgrad_kind, margin_vox=margin, n_samples=n_samples, noise=noise)
     image = case.array[0]
     on_source = _resample(target.astype(np.float32), net_affine, case.grid, "nearest") > 0.5
     files: dict[str, str] = {}
     stem = f"{case.case_id}.{name}"
-    for kind, arr in (("gradcam", maps.gradcam), ("smoothgrad", maps.smoothgrad)):
+    for kind, arr in ((weighting, maps.cam), ("smoothgrad", maps.smoothgrad)):
         on_grid = np.clip(_resample(arr, net_affine, case.grid, "bilinear"), 0.0, 1.0)
         files[f"{kind}_nifti"] = write_map(out_dir / f"{stem}.{kind}.nii.gz", on_grid, case.grid).name
         png = overlay_png(image, on_grid, on_source, case.grid, f"{kind} · {value} {name}")
         write_bytes_atomic(out_dir / f"{stem}.{kind}.png", png)
         files[f"{kind}_png"] = f"{stem}.{kind}.png"
     result = ExplainResult(case.case_id, value, name, how, int(target.sum()), maps.layer, maps.windows, n_samples,
-                           files, round(time.perf_counter() - t0, 3))
+                           files, round(time.perf_counter() - t0, 3), weighting,
+                           "given" if layer else "automatic", smoothgrad_kind,
+                           {weighting: maps.raw_max[0], "smoothgrad": maps.raw_max[1]})
     write_json_atomic(out_dir / f"{stem}.explain.json", {**result.to_json(), "model": seg.checkpoint.name,
                                                           "model_sha256": seg.model_sha256,
                                                           "input_sha256": case.input_sha256, "versions": versions()})

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from medpipe.cli import app
 from medpipe.config import config_from_dict, load_config
-from medpipe.explain.maps import explain_network, windows
+from medpipe.explain.cam import forward_shapes
+from medpipe.explain.maps import body_support, default_layer, explain_network, windows
 from medpipe.models.checkpoint import save_checkpoint
 from medpipe.models.factory import build_model
 from tests.conftest import REPO, make_affine, save_nifti, sphere_phantom
@@ -41,6 +42,37 @@ def test_windows_stay_around_the_structure() -> None:
     assert len(tiles) > 1 and all(0 <= s[a] <= mask.shape[a] - (32, 32, 16)[a] for s in tiles for a in range(3))
 
 
+@pytest.mark.parametrize(("res_units", "strides", "expected"), [
+    (0, [2, 2], "model.1.submodule.2"),  # the up-sampling Convolution (transposed conv + norm + activation)
+    (1, [2, 2], "model.1.submodule.2.0"),  # the same, inside the up block (its residual unit follows)
+    (1, [2, 2, 2], "model.1.submodule.2.0"),  # four levels: still the up-sampling into half resolution
+    (1, [2], "model.1"),  # two levels: no up-sampling into half resolution; the last half-resolution module
+])
+def test_default_layer_is_the_upsampling_into_half_resolution(res_units: int, strides: list[int],
+                                                               expected: str) -> None:
+    channels = [4, 8, 16, 32][:len(strides) + 1]
+    cfg = config_from_dict({**TINY, "model": {"channels": channels, "strides": strides, "num_res_units": res_units}})
+    model = build_model(cfg)
+    assert default_layer(model, (16, 16, 16), 1) == expected
+    shapes = {n: o for n, _, o in forward_shapes(model, torch.zeros(1, 1, 16, 16, 16))}
+    assert shapes[expected][2:] == (8, 8, 8)
+
+
+def test_body_support_keeps_attribution_off_air_and_padding() -> None:
+    """A body (soft tissue with an air pocket inside) in air: the support is the body, holes filled, plus the
+    dilation; the air around it and a constant (padding) border are out."""
+    image = torch.zeros(1, 30, 30, 20)
+    image[0, 5:25, 5:25, 3:17] = 0.6
+    image[0, 12:16, 12:16, 8:12] = 0.0  # air inside the body (bowel gas): kept
+    support = body_support(image, dilate_vox=1)
+    body = np.zeros((30, 30, 20), bool)
+    body[5:25, 5:25, 3:17] = True
+    far = ndi.distance_transform_edt(~body) > 1.5
+    assert support[body].all() and not support[far].any()
+    assert support[4, 10, 10] and support[10, 10, 2] and not support[4, 4, 10]  # face neighbours in, corners out
+    assert body_support(torch.full((1, 8, 8, 8), 3.0)).all()  # a constant image: no background to tell
+
+
 def test_masked_target_ignores_scores_outside_the_mask() -> None:
     """The score is summed inside the mask: SmoothGrad of a two-conv net (3x3x3 kernels) is zero more than 2 voxels
     (chessboard distance) from the mask, whereas MONAI's default target (the whole volume) reaches everywhere."""
@@ -51,7 +83,7 @@ def test_masked_target_ignores_scores_outside_the_mask() -> None:
     maps = explain_network(net, torch.randn(1, 16, 16, 16), target, 1, (16, 16, 16), layer="0", n_samples=2)
     far = ndi.distance_transform_cdt(~target, metric="chessboard") > 2
     assert maps.smoothgrad.max() == pytest.approx(1.0) and float(maps.smoothgrad[far].max()) == 0.0
-    assert maps.gradcam.shape == (16, 16, 16) and maps.windows == 1 and maps.layer == "0"
+    assert maps.cam.shape == (16, 16, 16) and maps.windows == 1 and maps.layer == "0"
 
 
 def test_explain_writes_maps_on_the_oblique_source_grid(tmp_path: Path) -> None:
@@ -65,7 +97,7 @@ def test_explain_writes_maps_on_the_oblique_source_grid(tmp_path: Path) -> None:
     run = CliRunner().invoke(app, ["explain", str(tmp_path / "best.pt"), str(scan), "--label", "organ", "-o",
                                    str(tmp_path / "out"), "--mask", str(seg), "--samples", "2"])
     assert run.exit_code == 0, run.output
-    for kind in ("gradcam", "smoothgrad"):
+    for kind in ("hirescam", "smoothgrad"):
         img = nib.load(str(tmp_path / "out" / f"case_a.organ.{kind}.nii.gz"))  # read back with nibabel
         assert img.shape == (40, 36, 16) and np.allclose(img.affine, aff, atol=1e-4)
         data = np.asarray(img.dataobj)
@@ -73,6 +105,8 @@ def test_explain_writes_maps_on_the_oblique_source_grid(tmp_path: Path) -> None:
         assert (tmp_path / "out" / f"case_a.organ.{kind}.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((tmp_path / "out" / "case_a.organ.explain.json").read_text())
     assert record["label"] == 1 and "case_a_seg.nii.gz" in record["target"] and record["windows"] >= 1
+    assert record["weighting"] == "hirescam" and record["layer"] == "model.1.submodule.2"  # see the test below
+    assert record["layer_chosen"] == "automatic" and record["empty_maps"] == []
     bad = CliRunner().invoke(app, ["explain", str(tmp_path / "best.pt"), str(scan), "--label", "liver", "-o",
                                    str(tmp_path / "out")])
     assert bad.exit_code == 1 and "not a foreground label" in bad.output and "1=organ" in bad.output

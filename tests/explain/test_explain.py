@@ -121,14 +121,13 @@ def attribution_near(path: Path, mask: np.ndarray, affine: np.ndarray, mm: float
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured 2026-12-02 (4 epochs x 12 iterations, val kidney Dice 0.75, case_00001): the "
-                          "trained model's Grad-CAM at the default layer (model.1) is all zero after the ReLU, and at "
-                          "model.1.submodule.2 puts 6e-7 of its mass within 10 mm of the kidney (peaks at the window "
-                          "borders in air); shuffled weights: 0.13. SmoothGrad: trained 0.55, shuffled 0.59. The "
-                          "check fails: see docs/explain.md", strict=True)
 def test_trained_kidney_model_attributes_near_the_kidney_and_shuffled_weights_do_not(tmp_path: Path) -> None:
     """Train a small model on the sample CT, explain "kidney" on a held-out case (score inside the reference kidney,
-    so both models explain the same region), and compare with the same network with each weight tensor shuffled."""
+    so both models explain the same region), and compare with the same network with each weight tensor shuffled
+    (Adebayo et al. 2018). Measured on 2 CPU cores (docs/explain.md): HiResCAM at the automatic layer puts 0.97 of
+    its mass within 10 mm of the kidney for the trained model and 0.23 for the shuffled one; the thresholds are
+    0.8 and 0.5, and at least 0.3 apart. SmoothGrad (0.77 vs 0.65) does not separate them clearly: printed, not
+    asserted."""
     from medpipe.training.run import train
 
     cfg = load_config(REPO / "pipelines" / "sample-ct.yaml").with_overrides(
@@ -144,13 +143,17 @@ def test_trained_kidney_model_attributes_near_the_kidney_and_shuffled_weights_do
     case = REPO / "sample_data" / "kits" / split["val"][0]
     ref = nib.load(str(case / "segmentation.nii.gz"))
     kidney = np.asarray(ref.dataobj) == 1
-    fractions = {}
+    fractions: dict[str, dict[str, float]] = {}
     for name, model in (("trained", tmp_path / "run" / "best.pt"), ("shuffled", tmp_path / "shuffled.pt")):
         run = CliRunner().invoke(app, ["explain", str(model), str(case / "imaging.nii.gz"), "--label", "kidney",
-                                       "-o", str(tmp_path / name), "--mask", str(case / "segmentation.nii.gz")])
+                                       "-o", str(tmp_path / name), "--mask", str(case / "segmentation.nii.gz"),
+                                       "--samples", "4"])
         assert run.exit_code == 0, run.output
-        (gradcam,) = (tmp_path / name).glob("*.kidney.gradcam.nii.gz")
-        fractions[name] = attribution_near(gradcam, kidney, ref.affine, 10.0)
-    print(f"Grad-CAM attribution within 10 mm of the kidney: {fractions}")
-    assert fractions["trained"] > 0.5
-    assert fractions["shuffled"] < 0.5 and fractions["shuffled"] < fractions["trained"] - 0.1
+        record = json.loads(next((tmp_path / name).glob("*.explain.json")).read_text())
+        assert record["layer"] == "model.1.submodule.2.0" and record["layer_chosen"] == "automatic"
+        fractions[name] = {kind: attribution_near(next((tmp_path / name).glob(f"*.kidney.{kind}.nii.gz")), kidney,
+                                                  ref.affine, 10.0) for kind in ("hirescam", "smoothgrad")}
+    print(f"attribution within 10 mm of the kidney: {fractions}")
+    trained, shuffled_net = fractions["trained"]["hirescam"], fractions["shuffled"]["hirescam"]
+    assert trained > 0.8
+    assert shuffled_net < 0.5 and shuffled_net < trained - 0.3

@@ -72,5 +72,6 @@ def test_trained_classifier_map_peaks_at_the_discriminating_blob() -> None:
     cam, cls, layer = classifier_cam(net, torch.from_numpy(image[None]))
     assert cls == 1 and layer == "layer4"
     peak = np.unravel_index(int(cam.argmax()), cam.shape)
+    print(f"peak {tuple(int(v) for v in peak)}, bright {cam[8, 8, 24]:.2f}, dark {cam[24, 24, 8]:.2f}")
     assert peak[0] < 16 and peak[1] < 16 and peak[2] >= 16, peak  # the bright blob's octant
     assert cam[8, 8, 24] > 0.5 and cam[24, 24, 8] < 0.5 * cam[8, 8, 24]

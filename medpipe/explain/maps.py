@@ -155,6 +155,9 @@ def explain_network(model: torch.nn.Module, image: torch.Tensor, target: np.ndar
     tgt = np.pad(target, [(0, p) for p in pad])
     wrapped = MaskedScore(model)
     name = layer or default_layer(model, roi, int(image.shape[0]))
+    if name not in dict(model.named_modules()) or not name:
+        raise InputError(f"no layer {name!r} in the network", hint="a name from model.named_modules(), e.g. "
+                         f"{default_layer(model, roi, int(image.shape[0]))}")
     acc_cam, acc_sg, count = (np.zeros(tgt.shape, np.float32) for _ in range(3))
     gen = torch.Generator().manual_seed(seed)
     starts = [s for s in windows(tgt, roi, margin_vox, overlap)
@@ -163,11 +166,10 @@ def explain_network(model: torch.nn.Module, image: torch.Tensor, target: np.ndar
         box = (slice(x, x + roi[0]), slice(y, y + roi[1]), slice(z, z + roi[2]))
         wrapped.mask = torch.from_numpy(tgt[box])[None, None].float().to(img.device)
         patch = img[(slice(None), *box)][None].contiguous()
-        cam, _ = layer_map(model, patch, lambda logits: (logits[:, channel:channel + 1] * wrapped.mask).sum(),
-                           name, weighting)
+        cam, _ = layer_map(wrapped, patch, lambda scores: scores[:, channel].sum(), f"model.{name}", weighting)
         acc_cam[box] += cam.cpu().numpy()
-        acc_sg[box] += smoothgrad(wrapped, patch, lambda s: s[:, channel].sum(), n_samples, noise, smoothgrad_kind,
-                                  gen).detach().cpu().numpy()
+        acc_sg[box] += smoothgrad(wrapped, patch, lambda scores: scores[:, channel].sum(), n_samples, noise,
+                                  smoothgrad_kind, gen).detach().cpu().numpy()
         count[box] += 1
     support = body_support(image)
     out = []

@@ -107,6 +107,9 @@ def test_explain_writes_maps_on_the_oblique_source_grid(tmp_path: Path) -> None:
     assert record["label"] == 1 and "case_a_seg.nii.gz" in record["target"] and record["windows"] >= 1
     assert record["weighting"] == "hirescam" and record["layer"] == "model.1.submodule.2"  # see the test below
     assert record["layer_chosen"] == "automatic" and record["empty_maps"] == []
+    bad = CliRunner().invoke(app, ["explain", str(tmp_path / "best.pt"), str(scan), "--label", "organ", "-o",
+                                   str(tmp_path / "out"), "--mask", str(seg), "--layer", "model.9"])
+    assert bad.exit_code == 1 and "no layer 'model.9'" in bad.output and "model.1.submodule.2" in bad.output
     bad = CliRunner().invoke(app, ["explain", str(tmp_path / "best.pt"), str(scan), "--label", "liver", "-o",
                                    str(tmp_path / "out")])
     assert bad.exit_code == 1 and "not a foreground label" in bad.output and "1=organ" in bad.output

@@ -23,7 +23,7 @@ from medpipe.inference.memory import peaks, reset_peaks
 from medpipe.inference.outputs import extra_outputs, write_extras
 from medpipe.inference.pipeline import Finished, run_pipelined
 from medpipe.inference.predictor import EnsembleScores, Prediction, Predictor
-from medpipe.inference.probabilities import LabelProbabilities, probabilities_on_grid
+from medpipe.inference.probabilities import own_label_probability
 from medpipe.inference.push import PushTarget, preflight, push_case
 from medpipe.inference.sidecar import (
     CasePush,
@@ -270,10 +270,10 @@ def write_case(seg: Predictor, opened: Opened, out_dir: Path, options: CaseOptio
     mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", pred.labels, loaded.grid)
     written = dicom_outputs.write_dicom_outputs(loaded, pred.labels, out_dir, options.formats, cfg=seg.cfg,
                                                 model_sha256=seg.model_sha256, seg_type=options.seg_type)
-    probs = probabilities_on_grid(pred.scores, loaded.grid)  # (I, J, K, C) uint8: the lesions' mean/max probability
+    own = own_label_probability(pred.scores, loaded.grid, pred.labels, seg.label_values)  # each lesion's own label
     lesions = write_lesions(out_dir / f"{loaded.case_id}.lesions.csv", pred.labels, loaded.grid, seg.cfg.labels,
-                            seg.cfg.inference.min_lesion_ml, LabelProbabilities(probs))
-    qc, maps = write_extras(seg, pred, loaded, out_dir, options.save_probabilities, options.save_uncertainty, probs)
+                            seg.cfg.inference.min_lesion_ml, dict.fromkeys(seg.label_values, own))
+    qc, maps = write_extras(seg, pred, loaded, out_dir, options.save_probabilities, options.save_uncertainty)
     memory = peaks(seg.device)
     seconds = time.perf_counter() - opened.t0
     side = replace(build_sidecar(seg, loaded, mask, pred.details, seconds, opened.hu, written), lesions=lesions,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from monai.data import MetaTensor
 
 from medpipe.inference.inputs import LoadedCase
@@ -32,10 +31,8 @@ def extra_outputs(case_id: str, save_probabilities: bool, save_uncertainty: bool
 
 
 def write_extras(seg: Predictor, pred: Prediction, case: LoadedCase, out_dir: Path, save_probabilities: bool,
-                 save_uncertainty: bool,
-                 probabilities: np.ndarray | None = None) -> tuple[CaseQC, dict[str, MapOutput]]:
-    """QC of the case, and the requested maps written atomically; returns (qc, sidecar ``outputs`` entry).
-    ``probabilities``: :func:`probabilities_on_grid` of ``pred.scores`` when already computed."""
+                 save_uncertainty: bool) -> tuple[CaseQC, dict[str, MapOutput]]:
+    """QC of the case, and the requested maps written atomically; returns (qc, sidecar ``outputs`` entry)."""
     mean = pred.scores.as_tensor() if isinstance(pred.scores, MetaTensor) else pred.scores
     unc = uncertainty_maps(mean, pred.entropy_sum, pred.n_passes)
     qc = case_qc(pred.labels, case.grid, seg.cfg, network_stats(mean, unc, seg.label_values[1:]),
@@ -43,8 +40,7 @@ def write_extras(seg: Predictor, pred: Prediction, case: LoadedCase, out_dir: Pa
     written: dict[str, MapOutput] = {}
     names = iter(extra_outputs(case.case_id, save_probabilities, save_uncertainty))
     if save_probabilities:
-        probs = probabilities if probabilities is not None else probabilities_on_grid(pred.scores, case.grid)
-        path = write_maps(out_dir / next(names), probs, case.grid)
+        path = write_maps(out_dir / next(names), probabilities_on_grid(pred.scores, case.grid), case.grid)
         written["probabilities"] = MapOutput(path.name, "uint8", SCALE, tuple(str(v) for v in seg.label_values))
     if save_uncertainty:
         maps = MetaTensor(unc, meta={"affine": pred.scores.affine})

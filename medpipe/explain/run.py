@@ -1,5 +1,6 @@
-"""``medpipe explain``: Grad-CAM and SmoothGrad maps for one label of a trained model on one scan, written as
-NIfTI on the scan's own grid and as PNG overlays (three planes through the structure), plus a JSON record."""
+"""``medpipe explain``: a class activation map (HiResCAM by default) and SmoothGrad for one label of a trained model
+on one scan, written as NIfTI on the scan's own grid and as PNG overlays (three planes through the structure), plus
+a JSON record."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 
 from medpipe.errors import InputError
+from medpipe.explain.cam import WEIGHTINGS
 from medpipe.explain.figures import overlay_png
 from medpipe.explain.maps import explain_network
 from medpipe.inference.inputs import collect_inputs, load_case
@@ -66,6 +68,17 @@ class ExplainResult:
                 "maps": "0 outside the body; scaled to [0, 1] by their maximum; resampled (linear) onto the "
                         "scan's grid"}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ExplainResult:
+        version = int(d.get("format_version", 0))
+        if version != EXPLAIN_FORMAT_VERSION:
+            raise InputError(f"explanation record format {version}, expected {EXPLAIN_FORMAT_VERSION}")
+        return cls(str(d["case"]), int(d["label"]), str(d["label_name"]), str(d["target"]),
+                   int(d["target_voxels_network"]), str(d["layer"]), int(d["windows"]), int(d["smoothgrad_samples"]),
+                   {str(k): str(v) for k, v in d["files"].items()}, float(d["seconds"]), str(d["weighting"]),
+                   str(d["layer_chosen"]), str(d["smoothgrad_kind"]),
+                   {str(k): float(v) for k, v in d["raw_max"].items()}, version)
+
 
 def resolve_label(label: str | int, labels: dict[int, str]) -> int:
     """A label value from a value or a name of the model's label map (background refused)."""
@@ -113,6 +126,8 @@ def explain(run: Path, scan: Path, label: str | int, out_dir: Path, *, device: s
     The score explained is the label's logit summed inside the model's own predicted mask of that label (or inside
     ``target_mask``, a label map on the scan's grid, e.g. a reference segmentation or another model's output)."""
     t0 = time.perf_counter()
+    if weighting not in WEIGHTINGS:
+        raise InputError(f"unknown class activation weighting {weighting!r}", hint=f"one of {', '.join(WEIGHTINGS)}")
     ensure_writable_dir(out_dir)
     seg = Predictor(find_checkpoint(run), device)
     value = resolve_label(label, seg.cfg.labels)

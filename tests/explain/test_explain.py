@@ -18,6 +18,7 @@ from medpipe.cli import app
 from medpipe.config import config_from_dict, load_config
 from medpipe.explain.cam import forward_shapes
 from medpipe.explain.maps import body_support, default_layer, explain_network, windows
+from medpipe.explain.run import ExplainResult
 from medpipe.models.checkpoint import save_checkpoint
 from medpipe.models.factory import build_model
 from tests.conftest import REPO, make_affine, save_nifti, sphere_phantom
@@ -107,6 +108,9 @@ def test_explain_writes_maps_on_the_oblique_source_grid(tmp_path: Path) -> None:
     assert record["label"] == 1 and "case_a_seg.nii.gz" in record["target"] and record["windows"] >= 1
     assert record["weighting"] == "hirescam" and record["layer"] == "model.1.submodule.2"  # see the test below
     assert record["layer_chosen"] == "automatic" and record["empty_maps"] == []
+    assert ExplainResult.from_json(record).to_json() == {k: v for k, v in record.items()
+                                                         if k not in ("model", "model_sha256", "input_sha256",
+                                                                      "versions")}
     bad = CliRunner().invoke(app, ["explain", str(tmp_path / "best.pt"), str(scan), "--label", "organ", "-o",
                                    str(tmp_path / "out"), "--mask", str(seg), "--layer", "model.9"])
     assert bad.exit_code == 1 and "no layer 'model.9'" in bad.output and "model.1.submodule.2" in bad.output

@@ -72,18 +72,23 @@ def default_layer(model: torch.nn.Module, roi_size_vox: tuple[int, int, int], in
     return names[-1]
 
 
-def body_support(image: torch.Tensor, dilate_vox: int = 2) -> np.ndarray:
-    """Where attribution may lie, (X, Y, Z) bool for ``image`` (C, X, Y, Z): voxels above the background level
-    (the channel's minimum plus 2 % of its range: air, padding and outside the field of view are at the minimum
-    after intensity normalisation) in any channel, holes filled, dilated by ``dilate_vox``. All true for a
+def body_support(image: torch.Tensor, dilate_vox: int = 2, min_fraction: float = 0.05) -> np.ndarray:
+    """Where attribution may lie, (X, Y, Z) bool for ``image`` (C, X, Y, Z): voxels that differ from the background
+    in any channel, holes filled, dilated by ``dilate_vox``. A channel's background is its most frequent value when
+    at least ``min_fraction`` of the voxels hold exactly it: air clipped by a CT window, the zeros that padding and
+    resampling put outside the field of view, an MRI background that is exactly 0. A channel without such a value
+    (continuous intensities everywhere, e.g. a scan cropped inside the body) restricts nothing; nor does a
     constant image."""
     arr = image.detach().float().cpu().numpy()
-    lo = arr.min(axis=(1, 2, 3))
-    span = arr.max(axis=(1, 2, 3)) - lo
-    above = (arr > (lo + 0.02 * span)[:, None, None, None]).any(axis=0)
-    if not above.any():
+    differs = np.zeros(arr.shape[1:], bool)
+    for channel in arr:
+        values, counts = np.unique(channel, return_counts=True)
+        if counts.max() < min_fraction * channel.size:
+            return np.ones(arr.shape[1:], bool)
+        differs |= channel != values[counts.argmax()]
+    if not differs.any():
         return np.ones(arr.shape[1:], bool)
-    filled = ndi.binary_fill_holes(above)
+    filled = ndi.binary_fill_holes(differs)
     return ndi.binary_dilation(filled, iterations=dilate_vox) if dilate_vox > 0 else filled
 
 

@@ -61,7 +61,7 @@ def test_default_layer_is_the_upsampling_into_half_resolution(res_units: int, st
 
 def test_body_support_keeps_attribution_off_air_and_padding() -> None:
     """A body (soft tissue with an air pocket inside) in air: the support is the body, holes filled, plus the
-    dilation; the air around it and a constant (padding) border are out."""
+    dilation; the air around it is out. The same for z-scored MRI, whose background (0) is not its minimum."""
     image = torch.zeros(1, 30, 30, 20)
     image[0, 5:25, 5:25, 3:17] = 0.6
     image[0, 12:16, 12:16, 8:12] = 0.0  # air inside the body (bowel gas): kept
@@ -72,6 +72,10 @@ def test_body_support_keeps_attribution_off_air_and_padding() -> None:
     assert support[body].all() and not support[far].any()
     assert support[4, 10, 10] and support[10, 10, 2] and not support[4, 4, 10]  # face neighbours in, corners out
     assert body_support(torch.full((1, 8, 8, 8), 3.0)).all()  # a constant image: no background to tell
+    assert body_support(torch.rand(1, 8, 8, 8)).all()  # continuous intensities everywhere: no background either
+    mri = torch.randn(1, 30, 30, 20)  # z-scored tissue (negative values too) in an exactly-zero background
+    mri[image == 0] = 0.0
+    assert (body_support(mri, dilate_vox=1) == support).all()
 
 
 def test_masked_target_ignores_scores_outside_the_mask() -> None:

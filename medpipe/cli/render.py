@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from medpipe.batch.status import BatchEvent, BatchStatus
 from medpipe.datasets.check import CheckReport
 from medpipe.evaluation.detection import DetectionResult
 from medpipe.evaluation.report import caption_text, fmt_stat, label_title
-from medpipe.evaluation.result import EvaluationResult
+from medpipe.evaluation.result import ClassificationSummary, EvaluationResult
 from medpipe.inference.batch import CaseResult, InferResult
 from medpipe.io.dicom.convert import ConvertResult
 from medpipe.io.dicomweb import PullResult, PushResult
@@ -87,7 +88,8 @@ class TrainProgress:
                 self.cache_task = self.progress.add_task("caching", total=ev.steps, info="cases")
             self.progress.update(self.cache_task, completed=ev.step)
         elif ev.kind == "validation":
-            self.dice = " | val Dice " + " ".join(f"{escape(k)} {v:.3f}" for k, v in ev.dice.items())
+            what = "" if set(ev.dice) <= {"auc", "accuracy"} else "Dice "  # classification: AUC, accuracy
+            self.dice = f" | val {what}" + " ".join(f"{escape(k)} {v:.3f}" for k, v in ev.dice.items())
             if self.task is not None:  # the bar shows the latest validation, also after the last step
                 loss = f"loss {ev.loss:.3f}" if ev.loss is not None else ""
                 self.progress.update(self.task, info=loss + self.dice)
@@ -390,4 +392,27 @@ def render_detection(det: DetectionResult) -> Table:
     for d in det.labels:
         table.add_row(label_title(d.label, d.label_name), *(str(v) for v in (d.n_ref, d.n_pred, d.tp, d.fp, d.fn)),
                       *(f"{v:.3f}" for v in (d.sensitivity, d.precision, d.f1, d.cpm)))
+    return table
+
+
+def render_classification(summary: ClassificationSummary) -> Table:
+    """Per class (one-vs-rest) sensitivity, specificity and ROC AUC with its interval; accuracy, balanced accuracy
+    and the overall AUC in the title; reference cases without a prediction in the caption."""
+    m = summary.metrics
+
+    def ci(lo: float, hi: float) -> str:
+        return "" if math.isnan(lo) else f"{lo:.3f}–{hi:.3f}"
+
+    what = f"{m.classes[1]} vs {m.classes[0]}" if len(m.classes) == 2 else "macro one-vs-rest"
+    missing = summary.missing_predictions
+    caption = (f"No prediction for {len(missing)} truth case(s): {', '.join(missing[:8])}"
+               f"{' ...' if len(missing) > 8 else ''}" if missing else None)
+    table = Table(title=f"Classification: {m.n} case(s), accuracy {m.accuracy:.3f}, balanced accuracy "
+                        f"{m.balanced_accuracy:.3f}, AUC ({what}) {m.auc:.3f} [{ci(*m.auc_ci)}]",
+                  caption=escape(caption) if caption else None, caption_justify="left")
+    for col in ("class", "true cases", "predicted", "sensitivity", "specificity", "ROC AUC", "AUC 95 % CI"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in m.per_class:
+        table.add_row(escape(c.name), str(c.n), str(sum(r[c.index] for r in m.confusion)),
+                      *(f"{v:.3f}" for v in (c.sensitivity, c.specificity, c.auc)), ci(*c.auc_ci))
     return table

@@ -21,6 +21,11 @@ from medpipe.errors import InputError
 CLASSIFICATION_FORMAT_VERSION = 1
 
 
+def _num(v: Any) -> float:
+    """A JSON number back to float; null (NaN written as JSON) -> NaN."""
+    return math.nan if v is None else float(v)
+
+
 def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     """AUC of ``scores`` for bool labels ``positive``: P(score of a positive > score of a negative) + half the
     ties. NaN when either group is empty."""
@@ -32,17 +37,10 @@ def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=float)
-    sorted_vals = values[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    """1-based ranks, tied values sharing the mean of their ranks (vectorised: the bootstrap calls this often)."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + 1 + ends) / 2)[inverse.reshape(-1)]
 
 
 def roc_curve(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +87,12 @@ class ClassMetrics:
         return {"index": self.index, "name": self.name, "n": self.n, "sensitivity": self.sensitivity,
                 "specificity": self.specificity, "auc": self.auc, "auc_ci95": list(self.auc_ci)}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClassMetrics:
+        lo, hi = d["auc_ci95"]
+        return cls(int(d["index"]), str(d["name"]), int(d["n"]), _num(d["sensitivity"]), _num(d["specificity"]),
+                   _num(d["auc"]), (_num(lo), _num(hi)))
+
 
 @dataclass(frozen=True)
 class ClassificationMetrics:
@@ -114,6 +118,17 @@ class ClassificationMetrics:
                 "auc": self.auc, "auc_ci95": list(self.auc_ci), "n_bootstrap": self.n_bootstrap,
                 "bootstrap_used": self.bootstrap_used}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClassificationMetrics:
+        if d.get("format_version") != CLASSIFICATION_FORMAT_VERSION:
+            raise InputError(f"unknown classification metrics format_version {d.get('format_version')!r}",
+                             hint=f"this medpipe reads version {CLASSIFICATION_FORMAT_VERSION}")
+        lo, hi = d["auc_ci95"]
+        return cls(tuple(str(c) for c in d["classes"]), int(d["n"]), _num(d["accuracy"]),
+                   _num(d["balanced_accuracy"]), tuple(tuple(int(v) for v in row) for row in d["confusion"]),
+                   tuple(ClassMetrics.from_json(c) for c in d["per_class"]), _num(d["auc"]), (_num(lo), _num(hi)),
+                   int(d["n_bootstrap"]), int(d["bootstrap_used"]))
+
 
 def classification_metrics(y: Sequence[int], probs: np.ndarray, classes: Sequence[str], *, n_bootstrap: int = 1000,
                            seed: int = 0) -> ClassificationMetrics:
@@ -136,8 +151,8 @@ def classification_metrics(y: Sequence[int], probs: np.ndarray, classes: Sequenc
         tn = len(y_arr) - tp - fn - fp
         auc = roc_auc(pos, p[:, c])
         lo, hi, _ = bootstrap_auc(pos, p[:, c], n_bootstrap, seed)
-        per_class.append(ClassMetrics(c, classes[c], int(pos.sum()), tp / (tp + fn) if tp + fn else math.nan,
-                                      tn / (tn + fp) if tn + fp else math.nan, auc, (lo, hi)))
+        per_class.append(ClassMetrics(c, classes[c], int(pos.sum()), float(tp / (tp + fn)) if tp + fn else math.nan,
+                                      float(tn / (tn + fp)) if tn + fp else math.nan, auc, (lo, hi)))
     sens = [m.sensitivity for m in per_class if not math.isnan(m.sensitivity)]
     if k == 2:
         auc, (lo, hi), used = per_class[1].auc, per_class[1].auc_ci, bootstrap_auc(y_arr == 1, p[:, 1], n_bootstrap,

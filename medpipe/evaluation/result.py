@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.errors import InputError
+from medpipe.evaluation.classification import ClassificationMetrics
 from medpipe.evaluation.detection import DetectionResult
 from medpipe.evaluation.metrics.empty import EmptyPolicy
 from medpipe.evaluation.metrics.lesions import LesionRule
 from medpipe.evaluation.metrics.scoring import MetricRow
 
 SUMMARY_FORMAT = "medpipe-evaluation-summary/1"
+CLASSIFICATION_SUMMARY_FORMAT = "medpipe-classification-summary/1"
 
 
 def json_safe(obj: object) -> object:
@@ -223,3 +225,49 @@ class EvaluationSummary:
         return cls(str(d["medpipe_version"]), EvaluationSettings.from_json(d["settings"]), tuple(d["cases"]),
                    tuple(d["missing_predictions"]), tuple(d["resampled_cases"]),
                    {int(k): LabelSummary.from_json(v) for k, v in d["labels"].items()}, d.get("detection"))
+
+
+@dataclass(frozen=True)
+class ClassificationSummary:
+    """The ``summary.json`` of ``medpipe evaluate --task classification``: the metrics, the cases scored (name
+    order), reference cases without a prediction (listed, not scored), the inputs and settings, and the files
+    written (names inside the output folder)."""
+
+    medpipe_version: str
+    metrics: ClassificationMetrics
+    cases: tuple[str, ...]
+    missing_predictions: tuple[str, ...]
+    pred: str
+    truth: str
+    seed: int
+    probability_sum_tolerance: float
+    seconds: float = 0.0
+    files: tuple[str, ...] = ()
+    format: str = field(default=CLASSIFICATION_SUMMARY_FORMAT)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = json_safe({
+            "format": self.format,
+            "task": "classification",
+            "medpipe_version": self.medpipe_version,
+            "settings": {"pred": self.pred, "truth": self.truth, "n_bootstrap": self.metrics.n_bootstrap,
+                         "seed": self.seed, "probability_sum_tolerance": self.probability_sum_tolerance,
+                         "seconds": self.seconds},
+            "n_cases": len(self.cases),
+            "cases": list(self.cases),
+            "missing_predictions": list(self.missing_predictions),
+            "metrics": self.metrics.to_json(),
+            "files": list(self.files),
+        })
+        return doc if isinstance(doc, dict) else {}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClassificationSummary:
+        if d.get("format") != CLASSIFICATION_SUMMARY_FORMAT:
+            raise InputError(f"unknown classification summary format {d.get('format')!r}",
+                             hint=f"this medpipe writes {CLASSIFICATION_SUMMARY_FORMAT}")
+        s = d["settings"]
+        return cls(str(d["medpipe_version"]), ClassificationMetrics.from_json(d["metrics"]),
+                   tuple(str(c) for c in d["cases"]), tuple(str(c) for c in d["missing_predictions"]),
+                   str(s["pred"]), str(s["truth"]), int(s["seed"]), float(s["probability_sum_tolerance"]),
+                   float(s.get("seconds", 0.0)), tuple(str(f) for f in d.get("files", ())))

@@ -3,13 +3,23 @@ grid, and, on a toy problem whose discriminating blob is known, a map that peaks
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.networks.nets import DenseNet121, resnet18
+from typer.testing import CliRunner
 
+from medpipe.cli import app
+from medpipe.config import config_from_dict
 from medpipe.errors import InputError
 from medpipe.explain.classify import classifier_cam, classifier_layer
+from medpipe.models.checkpoint import save_checkpoint
+from medpipe.models.factory import build_model
+from tests.conftest import make_affine, save_nifti, sphere_phantom
 
 N = 32
 #: Blob centres: the centres of the eight octants of the N^3 volume.
@@ -75,3 +85,42 @@ def test_trained_classifier_map_peaks_at_the_discriminating_blob() -> None:
     print(f"peak {tuple(int(v) for v in peak)}, bright {cam[8, 8, 24]:.2f}, dark {cam[24, 24, 8]:.2f}")
     assert peak[0] < 16 and peak[1] < 16 and peak[2] >= 16, peak  # the bright blob's octant
     assert cam[8, 8, 24] > 0.5 and cam[24, 24, 8] < 0.5 * cam[8, 8, 24]
+
+
+def test_medpipe_explain_on_a_classifier_writes_gradcam_on_the_source_grid(tmp_path: Path) -> None:
+    """``medpipe explain RUN SCAN`` for a ``task: classification`` checkpoint: no --label, the predicted class by
+    default, --class picks another; the map lands on the scan's (oblique) grid."""
+    cfg = config_from_dict({
+        "task": "classification", "classes": ["clear", "block"], "modality": "CT", "channels": ["CT"],
+        "labels": {0: "background", 1: "body", 2: "block"},
+        "data": {"root": str(tmp_path), "format": "kits", "class_from_label": {"label": 2, "min_voxels": 5}},
+        "transforms": {"spacing_mm": [1.5, 1.5, 3.0], "patch_size_vox": [32, 32, 16], "crop_foreground": False},
+        "model": {"arch": "resnet18", "width_factor": 0.125, "norm": "batch"},
+    })
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "best.pt", build_model(cfg), cfg)
+    aff = make_affine((2, 0, 1), (-1, 1, -1), (0.9, 1.3, 2.5), (8, -5, 12), (12.0, -40.0, 30.0))
+    image, _ = sphere_phantom((40, 36, 16), aff)
+    scan = save_nifti(tmp_path / "case_a.nii.gz", image, aff, np.int16)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["explain", str(tmp_path / "best.pt"), str(scan), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    (record_path,) = out.glob("case_a.*.explain.json")
+    record = json.loads(record_path.read_text())
+    assert record["target"] == "predicted class" and record["weighting"] == "gradcam"
+    assert record["layer"] == "layer3"  # the standard stem (with max pooling) leaves layer4 at 1 voxel for 32x32x16
+    img = nib.load(str(out / record["files"]["gradcam_nifti"]))
+    assert img.shape == (40, 36, 16) and np.allclose(img.affine, aff, atol=1e-4)
+    data = np.asarray(img.dataobj)
+    assert data.dtype == np.float32 and 0.0 <= data.min() and data.max() <= 1.0
+    assert (out / record["files"]["gradcam_png"]).read_bytes()[:4] == b"\x89PNG"
+    other = 1 - int(record["label"])
+    res = CliRunner().invoke(app, ["explain", str(tmp_path / "best.pt"), str(scan), "-o", str(out), "--class",
+                                   cfg.classes[other]])
+    assert res.exit_code == 0, res.output
+    again = json.loads((out / f"case_a.{cfg.classes[other]}.explain.json").read_text())
+    assert again["label"] == other and again["target"] == "given class"
+    bad = CliRunner().invoke(app, ["explain", str(tmp_path / "best.pt"), str(scan), "-o", str(out), "--label", "1"])
+    assert bad.exit_code == 1 and "this model is a classifier" in bad.output
+    bad = CliRunner().invoke(app, ["explain", str(tmp_path / "best.pt"), str(scan), "-o", str(out), "--class", "x"])
+    assert bad.exit_code == 1 and "0=clear, 1=block" in bad.output

@@ -75,7 +75,7 @@ def layer_map(model: torch.nn.Module, x: torch.Tensor, score: Callable[[torch.Te
 
 def forward_shapes(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
     """(name, first input's shape, output's shape) of every named module whose input and output are tensors, in
-    the order the modules finish their forward pass on ``x``."""
+    the order the modules finish their forward pass on ``x`` (in eval mode; the model's mode is restored)."""
     seen: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
 
     def record(name: str) -> Callable[..., None]:
@@ -86,10 +86,13 @@ def forward_shapes(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, t
         return hook
 
     hooks = [mod.register_forward_hook(record(name)) for name, mod in model.named_modules() if name]
+    training = model.training
+    model.eval()  # batch norm: no update of its running statistics, and batches of one are fine
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in hooks:
             h.remove()
+        model.train(training)
     return seen

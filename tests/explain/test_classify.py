@@ -49,7 +49,10 @@ def test_layer_is_the_last_spatial_feature_map_and_the_map_is_on_the_input_grid(
     torch.manual_seed(0)
     image = torch.randn(1, N, N, N)
     dense = DenseNet121(spatial_dims=3, in_channels=1, out_channels=3, init_features=8, growth_rate=4)
-    assert classifier_layer(small_resnet18(), image) == "layer4"  # 2^3 voxels; the pooling after it: 1 voxel
+    res = small_resnet18().train()
+    before = res.bn1.running_mean.clone()
+    assert classifier_layer(res, image) == "layer4"  # 2^3 voxels; the pooling after it: 1 voxel
+    assert res.training and torch.equal(res.bn1.running_mean, before)  # probed in eval mode, mode restored
     assert classifier_layer(dense, torch.randn(1, 64, 64, 64)) == "class_layers.relu"
     cam, cls, layer = classifier_cam(dense, torch.randn(1, 64, 48, 40), class_index=2)
     assert cam.shape == (64, 48, 40) and cls == 2 and layer == "class_layers.relu"

@@ -24,6 +24,14 @@ IntTriple = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
+class ClassFromLabel:
+    """``data.class_from_label``: ``{label: 2, min_voxels: 10}``; ``label: 0`` means unset."""
+
+    label: int = 0
+    min_voxels: int = 1
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the cases are and how they are split."""
 
@@ -39,6 +47,12 @@ class DataConfig:
     splits_file: str = ""
     #: Dataset identity recorded by ``medpipe plan``; training refuses a dataset that has changed since.
     fingerprint: str = ""
+    #: ``task: classification``: a CSV of ``case,label`` (label = a class name or index), relative to the config
+    #: file; or, instead, ``class_from_label`` (docs/classification.md).
+    class_csv: str = ""
+    #: ``task: classification``: the class of a case derived from its segmentation: class 1 ("present") when
+    #: label ``label`` covers at least ``min_voxels`` voxels, else class 0.
+    class_from_label: ClassFromLabel = field(default_factory=ClassFromLabel)
 
 
 @dataclass(frozen=True)
@@ -68,13 +82,21 @@ class TransformConfig:
 class ModelConfig:
     """Network architecture (built by :func:`medpipe.models.factory.build_model`)."""
 
-    arch: Literal["unet3d", "unet2d", "dynunet"] = "unet3d"
+    arch: Literal["unet3d", "unet2d", "dynunet", "densenet121", "resnet18", "resnet50"] = "unet3d"
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 1
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = 0.0
     deep_supervision: bool = False
+    #: Classification networks: width multiplier (ResNet ``widen_factor``; DenseNet init features 64 x w and growth
+    #: rate 32 x w). Below 1 gives a network small enough for a CPU.
+    width_factor: float = 1.0
+
+
+#: Network architectures of each task.
+SEGMENTATION_ARCHS = ("unet3d", "unet2d", "dynunet")
+CLASSIFICATION_ARCHS = ("densenet121", "resnet18", "resnet50")
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,12 @@ class TrainingConfig:
     #: A folder for MONAI's PersistentDataset (preprocessed cases on disk, shared by ranks and restarts);
     #: empty: ``cache`` decides between an in-memory CacheDataset and no cache.
     cache_dir: str = ""
+    #: ``auto``: Dice + cross-entropy for segmentation, cross-entropy for classification; ``ce`` or ``focal``
+    #: (MONAI FocalLoss, gamma 2) are for ``task: classification``.
+    loss: Literal["auto", "ce", "focal"] = "auto"
+    #: ``task: classification``: draw training cases with weights 1 / (cases of their class), so that batches are
+    #: class-balanced in expectation (``auto``: on for classification).
+    balanced_sampling: Literal["auto"] | bool = "auto"
 
 
 @dataclass(frozen=True)
@@ -157,6 +185,10 @@ class PipelineConfig:
     colours given in the rich ``labels`` form (label value -> :class:`LabelSpec`)."""
 
     name: str = "pipeline"
+    #: ``segmentation`` (a label map per voxel) or ``classification`` (one class per case, ``classes``).
+    task: Literal["segmentation", "classification"] = "segmentation"
+    #: ``task: classification``: the class names in class-index order (index 0 first).
+    classes: tuple[str, ...] = ()
     modality: Literal["CT", "MR"] = "CT"
     channels: tuple[str, ...] = ("CT",)
     labels: dict[int, str] = field(default_factory=lambda: {0: "background", 1: "foreground"})
@@ -178,9 +210,22 @@ class PipelineConfig:
         return max(self.labels) + 1
 
     @property
+    def is_classification(self) -> bool:
+        return self.task == "classification"
+
+    @property
     def out_channels(self) -> int:
-        """Output channels of the network: one per region (sigmoid) or ``num_classes`` (softmax)."""
+        """Output channels of the network: one per class (classification), one per region (sigmoid) or
+        ``num_classes`` (softmax)."""
+        if self.is_classification:
+            return len(self.classes)
         return len(self.regions) if self.regions else self.num_classes
+
+    @property
+    def balanced(self) -> bool:
+        """Class-balanced case sampling (``training.balanced_sampling``, ``auto`` = on for classification)."""
+        b = self.training.balanced_sampling
+        return self.is_classification if b == "auto" else bool(b)
 
     def region_order(self) -> list[tuple[str, tuple[int, ...], int]]:
         """(name, label values, label value it decodes to) per region, in order: a voxel takes the label of the
@@ -211,6 +256,13 @@ class PipelineConfig:
         out["regions"] = regions_as_list(self.regions)
         if not self.label_info:
             del out["label_info"]
+        for path, default in _LATER_DEFAULTS:  # keys added with classification: left out at their defaults, so
+            *parents, key = path               # that every config written before keeps its digest
+            section = out
+            for p in parents:
+                section = section[p]
+            if section.get(key) == default:
+                del section[key]
         return out
 
     def digest(self) -> str:
@@ -224,6 +276,14 @@ class PipelineConfig:
             current = getattr(self, section)
             updates[section] = dataclasses.replace(current, **values) if values else current
         return dataclasses.replace(self, **updates)
+
+
+#: Keys added after configs (and their digests) were in use, with their defaults.
+_LATER_DEFAULTS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("task",), "segmentation"), (("classes",), []), (("data", "class_csv"), ""),
+    (("data", "class_from_label"), {"label": 0, "min_voxels": 1}), (("model", "width_factor"), 1.0),
+    (("training", "loss"), "auto"), (("training", "balanced_sampling"), "auto"),
+)
 
 
 def _plain(obj: Any) -> Any:
@@ -360,6 +420,7 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         raise bad("inference.qc.expected_labels", f"unknown labels {sorted(set(qc.expected_labels) - set(cfg.labels))}")
     if qc.volume_margin < 0 or qc.max_components < 1 or not 0 <= qc.min_max_probability <= 1:
         raise bad("inference.qc", "volume_margin >= 0, max_components >= 1, min_max_probability in [0, 1]")
+    _validate_task(cfg, bad)
     if len(cfg.model.strides) != len(cfg.model.channels) - 1:
         raise bad("model.strides", f"needs len(channels) - 1 = {len(cfg.model.channels) - 1} entries")
     if cfg.training.num_workers != "auto" and int(cfg.training.num_workers) < 0:
@@ -369,6 +430,54 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
             "transforms" if hasattr(cfg.transforms, name) else "inference")
         if getattr(getattr(cfg, section), name) < 1:
             raise bad(f"{section}.{name}", "must be at least 1")
+
+
+def _validate_task(cfg: PipelineConfig, bad: Any) -> None:
+    """The keys of each task: classification networks, classes and case labels only with ``task: classification``,
+    segmentation networks, regions and deep supervision only with segmentation."""
+    d, t, m = cfg.data, cfg.training, cfg.model
+    if m.width_factor <= 0:
+        raise bad("model.width_factor", f"must be positive, found {m.width_factor}")
+    if not cfg.is_classification:
+        if m.arch in CLASSIFICATION_ARCHS:
+            raise bad("model.arch", f"{m.arch} is a classification network; with task segmentation use one of "
+                                    f"{', '.join(SEGMENTATION_ARCHS)} (or set task: classification)")
+        for key, value, unset in (("classes", cfg.classes, ()), ("data.class_csv", d.class_csv, ""),
+                                  ("data.class_from_label", d.class_from_label, ClassFromLabel()),
+                                  ("training.balanced_sampling", t.balanced_sampling, "auto")):
+            if value != unset and not (key == "training.balanced_sampling" and value is False):
+                raise bad(key, "is for task classification (this config's task is segmentation)")
+        if t.loss != "auto":
+            raise bad("training.loss", f"{t.loss} is for task classification; segmentation uses Dice + "
+                                       "cross-entropy (loss: auto)")
+        return
+    if m.arch not in CLASSIFICATION_ARCHS:
+        raise bad("model.arch", f"{m.arch} is a segmentation network; task classification needs one of "
+                                f"{', '.join(CLASSIFICATION_ARCHS)}")
+    if len(cfg.classes) < 2 or len(set(cfg.classes)) != len(cfg.classes) or not all(cfg.classes):
+        raise bad("classes", f"task classification needs at least two distinct class names, found "
+                             f"{list(cfg.classes)}")
+    if cfg.regions:
+        raise bad("regions", "regions are for segmentation; task classification predicts one class per case")
+    if m.deep_supervision:
+        raise bad("model.deep_supervision", "is for segmentation networks (dynunet)")
+    if m.arch == "densenet121" and min(cfg.transforms.patch_size_vox) < 32:
+        raise bad("transforms.patch_size_vox", f"densenet121 halves the volume five times: every side must be at "
+                                               f"least 32 voxels, found {list(cfg.transforms.patch_size_vox)}")
+    derived = d.class_from_label != ClassFromLabel()
+    if bool(d.class_csv) == derived:
+        raise bad("data.class_csv", "task classification needs the case labels from exactly one of data.class_csv "
+                                    "(a CSV of case,label) or data.class_from_label ({label: L, min_voxels: N})")
+    if derived:
+        rule = d.class_from_label
+        if rule.label not in set(cfg.labels) - {0}:
+            raise bad("data.class_from_label.label", f"must be a foreground label of 'labels' "
+                                                     f"({sorted(set(cfg.labels) - {0})}), found {rule.label}")
+        if rule.min_voxels < 1:
+            raise bad("data.class_from_label.min_voxels", f"must be at least 1, found {rule.min_voxels}")
+        if len(cfg.classes) != 2:
+            raise bad("classes", f"data.class_from_label gives two classes (absent, present), found {len(cfg.classes)}"
+                                 f" names {list(cfg.classes)}")
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> PipelineConfig:
@@ -383,6 +492,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>", base_dir: Pa
         data = cfg.data
         if data.root and not Path(data.root).is_absolute():
             data = dataclasses.replace(data, root=str((base_dir / data.root).resolve()))
+        if data.class_csv and not Path(data.class_csv).is_absolute():
+            data = dataclasses.replace(data, class_csv=str((base_dir / data.class_csv).resolve()))
         if data.splits_file and not Path(data.splits_file).is_absolute():
             data = dataclasses.replace(data, splits_file=str((base_dir / data.splits_file).resolve()))
         cfg = dataclasses.replace(cfg, data=data)

@@ -1,7 +1,9 @@
 """The whole job in one call: train on a config's dataset, segment its held-out cases, score them.
 
 ``RUN_DIR/model`` holds the training run, ``RUN_DIR/predictions`` the masks (+ sidecars) of the validation
-cases, ``RUN_DIR/report`` the evaluation (metrics.csv, summary.json, report.html).
+cases, ``RUN_DIR/report`` the evaluation (metrics.csv, summary.json, report.html). For ``task: classification``
+the predictions are ``predictions.csv`` (+ sidecars), ``RUN_DIR/references/labels.csv`` holds the validation
+cases' classes and the report is :func:`medpipe.evaluation.classify.evaluate_classification`'s.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None =
                  on_case: Callable[[CaseResult, int, int], None] | None = None) -> PipelineResult:
     """Train -> infer the validation split -> evaluate against its labels. A folder that already holds a finished
     job raises :class:`AlreadyFinished` before any work (see :func:`check_run_folder`)."""
-    from medpipe.datasets import load_dataset
+    from medpipe.datasets.classes import load_task_dataset
     from medpipe.evaluation.evaluate import evaluate
 
     check_run_folder(run_dir, resume=resume, force=force)
@@ -79,10 +81,12 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None =
                     resume=resume and (model_dir / "last.pt").is_file(), on_event=on_train)
     split = json.loads((model_dir / "split.json").read_text())
     root = data_root if data_root is not None else Path(cfg.data.root)
-    cases = {c.case_id: c for c in load_dataset(root, cfg.data.format).cases}
+    cases = {c.case_id: c for c in load_task_dataset(cfg, root).cases}
     val = [cases[cid] for cid in split["val"]]
     pred_dir, ref_dir = run_dir / "predictions", run_dir / "references"
     ref_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.is_classification:
+        return _classification_job(cfg, run_dir, trained, val, split["classes"], device, on_case)
     inputs: list[Path] = []
     for case in val:
         # Stage held-out cases under their case id (layouts like KiTS name every image imaging.nii.gz).
@@ -94,6 +98,29 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None =
     inferred = infer(model_dir, inputs, pred_dir, device=device, on_case=on_case)
     report = evaluate(pred_dir, ref_dir, run_dir / "report", labels=cfg.labels,
                       image=run_dir / "inputs" if len(cfg.channels) == 1 else None)
+    return PipelineResult(trained, inferred, report, run_dir)
+
+
+def _stage_inputs(cfg: PipelineConfig, case: Any, run_dir: Path) -> list[Path]:
+    """Held-out case images linked under their case id (layouts like KiTS name every image imaging.nii.gz)."""
+    return [_link(image, run_dir / "inputs" / (f"{case.case_id}.nii.gz" if len(case.images) == 1
+                                               else f"{case.case_id}_{chan}.nii.gz"))
+            for chan, image in zip(cfg.channels, case.images, strict=False)]
+
+
+def _classification_job(cfg: PipelineConfig, run_dir: Path, trained: TrainResult, val: list[Any],
+                        classes: dict[str, int], device: str,
+                        on_case: Callable[[CaseResult, int, int], None] | None) -> PipelineResult:
+    """Classify the held-out cases and score them against the classes training used (split.json)."""
+    from medpipe.evaluation.classify import evaluate_classification
+    from medpipe.io.atomic import write_text_atomic
+
+    inputs = [p for case in val for p in _stage_inputs(cfg, case, run_dir)]
+    truth = run_dir / "references" / "labels.csv"
+    write_text_atomic(truth, "case,label\n" + "".join(f"{c.case_id},{cfg.classes[classes[c.case_id]]}\n"
+                                                      for c in val))
+    inferred = infer(run_dir / "model", inputs, run_dir / "predictions", device=device, on_case=on_case)
+    report = evaluate_classification(run_dir / "predictions", truth, run_dir / "report", classes=cfg.classes)
     return PipelineResult(trained, inferred, report, run_dir)
 
 

@@ -103,19 +103,21 @@ def preprocess(cfg: PipelineConfig, with_label: bool, load: bool = True) -> mt.C
     return mt.Compose(chain)
 
 
-def augmentation(cfg: PipelineConfig) -> list[mt.MapTransform]:
-    """The standard spatial + intensity augmentation set (applied to patches, so it is cheap)."""
+def augmentation(cfg: PipelineConfig, keys: Sequence[str] = ("image", "label")) -> list[mt.MapTransform]:
+    """The standard spatial + intensity augmentation set (applied to patches, so it is cheap); ``keys``: the
+    image and, for segmentation, its label map (resampled with nearest neighbours)."""
     t = cfg.transforms
     if not t.augment:
         return []
-    keys = ["image", "label"]
+    keys = list(keys)
+    modes = tuple("bilinear" if k == "image" else "nearest" for k in keys)
     spacing = np.asarray(t.spacing_mm)
     anisotropic = spacing.max() / spacing.min() > 2.0
     rot = (0.26, 0.26, 0.26) if not anisotropic else (0.0, 0.0, 0.26)
     return [
         mt.RandAffined(
             keys=keys, prob=max(t.rotate_prob, t.scale_prob), rotate_range=rot, scale_range=(0.15, 0.15, 0.15),
-            mode=("bilinear", "nearest"), padding_mode="zeros", cache_grid=True,
+            mode=modes, padding_mode="zeros", cache_grid=True,
             spatial_size=t.patch_size_vox,
         ),
         *[mt.RandFlipd(keys=keys, prob=t.flip_prob, spatial_axis=axis) for axis in t.mirror_axes],
@@ -145,3 +147,20 @@ def train_transforms(cfg: PipelineConfig) -> mt.Compose:
 def val_transforms(cfg: PipelineConfig) -> mt.Compose:
     """Preprocessing for validation cases (whole volumes, scored by sliding-window inference)."""
     return preprocess(cfg, with_label=True)
+
+
+def classification_preprocess(cfg: PipelineConfig, load: bool = True) -> mt.Compose:
+    """``task: classification``: the whole volume at one fixed size. The image-only preprocessing (orientation,
+    spacing, intensity, foreground crop), then centred padding (with 0, the normalised background) or cropping to
+    ``transforms.patch_size_vox``."""
+    return mt.Compose([*preprocess(cfg, with_label=False, load=load).transforms,
+                       mt.ResizeWithPadOrCropd(keys="image", spatial_size=cfg.transforms.patch_size_vox,
+                                               mode="constant")])
+
+
+def classification_train_transforms(cfg: PipelineConfig) -> mt.Compose:
+    """Whole-volume preprocessing (:func:`classification_preprocess`), then the same augmentation as segmentation
+    (image only)."""
+    chain = [*classification_preprocess(cfg).transforms, *augmentation(cfg, keys=("image",))]
+    chain.append(mt.EnsureTyped(keys=["image"], dtype=np.float32, track_meta=False))
+    return mt.Compose(chain)

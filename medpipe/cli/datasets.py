@@ -71,15 +71,17 @@ def plan(
 
 @app.command("sample-data")
 def sample_data(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write kits/ and brats/ into.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write kits/, brats/ and cls/ into.")],
     seed: Annotated[int, typer.Option(min=0, help="Random seed (same seed, same bytes).")] = 0,
     n_ct: Annotated[int, typer.Option(min=0, help="Number of KiTS-style CT cases.")] = 12,
     n_mri: Annotated[int, typer.Option(min=0, help="Number of BraTS-style MRI cases.")] = 10,
+    n_cls: Annotated[int, typer.Option(min=0, help="Number of classification CT cases (tumour / none).")] = 200,
 ) -> None:
-    """Generate the synthetic KiTS-style CT and BraTS-style MRI sample sets."""
+    """Generate the synthetic KiTS-style CT, BraTS-style MRI and CT classification sample sets."""
     from medpipe.datasets.synthetic import generate_sample_data
 
     with handled():
-        s = generate_sample_data(out_dir, seed=seed, n_ct=n_ct, n_mri=n_mri)
+        s = generate_sample_data(out_dir, seed=seed, n_ct=n_ct, n_mri=n_mri, n_cls=n_cls)
     out.print(f"wrote {len(s.files)} files ({s.total_bytes / 1e6:.1f} MB): {len(s.ct_case_ids)} CT cases in "
-              f"{s.kits_dir}, {len(s.mri_case_ids)} MRI cases in {s.brats_dir}")
+              f"{s.kits_dir}, {len(s.mri_case_ids)} MRI cases in {s.brats_dir}"
+              + (f", {len(s.cls_case_ids)} classification cases in {s.cls_dir}" if s.cls_case_ids else ""))

@@ -51,7 +51,8 @@ def infer(
     min_lesion_ml: Annotated[float | None, typer.Option(
         min=0.0, help="Lesion table: leave out components below this volume (mL; default: the config's).")] = None,
 ) -> None:
-    """Segment scans; masks land exactly on each input's grid."""
+    """Segment scans; masks land exactly on each input's grid. A classification run writes predictions.csv (one
+    row of class probabilities per case) and a <case>.json sidecar each instead."""
     from medpipe.cli.render import case_progress, render_infer
     from medpipe.inference.batch import infer as run_infer
     from medpipe.inference.dicom_outputs import parse_formats

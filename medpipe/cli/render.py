@@ -88,7 +88,8 @@ class TrainProgress:
                 self.cache_task = self.progress.add_task("caching", total=ev.steps, info="cases")
             self.progress.update(self.cache_task, completed=ev.step)
         elif ev.kind == "validation":
-            self.dice = " | val Dice " + " ".join(f"{escape(k)} {v:.3f}" for k, v in ev.dice.items())
+            what = "" if set(ev.dice) <= {"auc", "accuracy"} else "Dice "  # classification: AUC, accuracy
+            self.dice = f" | val {what}" + " ".join(f"{escape(k)} {v:.3f}" for k, v in ev.dice.items())
             if self.task is not None:  # the bar shows the latest validation, also after the last step
                 loss = f"loss {ev.loss:.3f}" if ev.loss is not None else ""
                 self.progress.update(self.task, info=loss + self.dice)

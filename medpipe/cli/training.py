@@ -30,7 +30,8 @@ def train(
                                         "epoch of 3 iterations, small patches, no cache, one validation case "
                                         "(minutes on a CPU; the model is not meant to be used).")] = False,
 ) -> None:
-    """Train a segmentation model; writes best.pt / last.pt, metrics.csv and a training curve.
+    """Train a segmentation (or, with task: classification, a classification) model; writes best.pt / last.pt,
+    metrics.csv and a training curve.
 
     Multi-GPU / multi-node: the same command under ``torchrun --nproc_per_node=N -m medpipe.cli train ...``."""
     from medpipe.cli.render import TrainProgress
@@ -43,7 +44,8 @@ def train(
                                force=force, fold=fold, fmt=fmt, on_event=progress.update, smoke=smoke)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
-    out.print(f"[green]done[/]: best mean validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
+    score = "ROC AUC" if cfg.is_classification else "mean validation Dice"
+    out.print(f"[green]done[/]: best {score} {result.best_dice:.4f} at epoch {result.best_epoch}; "
               f"checkpoints in {result.run_dir}")
 
 
@@ -76,6 +78,12 @@ def run(
                       "starts over)", soft_wrap=True)
             return
         render_infer(out, result.infer)
-        out.print(render_table(result.evaluation))
-    out.print(f"[green]done[/]: model in {out_dir / 'model'}, masks in {out_dir / 'predictions'}, "
+        if cfg.is_classification:
+            from medpipe.cli.render import render_classification
+
+            out.print(render_classification(result.evaluation))
+        else:
+            out.print(render_table(result.evaluation))
+    what = "predictions.csv" if cfg.is_classification else "masks"
+    out.print(f"[green]done[/]: model in {out_dir / 'model'}, {what} in {out_dir / 'predictions'}, "
               f"report in {out_dir / 'report' / 'report.html'}")

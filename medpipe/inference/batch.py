@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medpipe.errors import InputError, MedpipeError
+from medpipe.errors import ConfigError, InputError, MedpipeError
 from medpipe.evaluation.lesions import write_lesions
 from medpipe.inference import dicom_outputs
+from medpipe.inference.classify import ClassifiedCase, classify_cases
 from medpipe.inference.export import write_mask
 from medpipe.inference.inputs import InputCase, LoadedCase, collect_inputs, ct_intensity_check, load_case
 from medpipe.inference.memory import peaks, reset_peaks
@@ -24,6 +25,7 @@ from medpipe.inference.nnunet_package import predictor_for
 from medpipe.inference.outputs import extra_outputs, write_extras
 from medpipe.inference.pipeline import Finished, run_pipelined
 from medpipe.inference.predictor import EnsembleScores, Prediction, Predictor
+from medpipe.inference.probabilities import own_label_probability
 from medpipe.inference.push import PushTarget, preflight, push_case
 from medpipe.inference.sidecar import (
     CasePush,
@@ -136,6 +138,14 @@ def infer(run: Path | Sequence[Path], inputs: list[Path], out_dir: Path, *, devi
     ensure_writable_dir(out_dir)
     runs = [Path(run)] if isinstance(run, str | Path) else [Path(r) for r in run]
     seg = predictor_for(runs, device, overlap, sw_batch_size, engine, folds=folds, tta=tta)  # nnU-Net packages too
+    if seg.cfg.is_classification:  # a classifier: predictions.csv + sidecars (medpipe.inference.classify)
+        extras = [n for n, on in (("--format", formats != ("nifti",)), ("--push", push is not None),
+                                  ("--save-probabilities", save_probabilities),
+                                  ("--save-uncertainty", save_uncertainty)) if on]
+        if extras:
+            raise ConfigError(f"{', '.join(extras)}: voxel outputs of segmentation; this model is a classifier",
+                              path=seg.checkpoint, hint="a classifier writes predictions.csv and <case>.json")
+        return _classified(seg, inputs, out_dir, overwrite, dicom_options, allow_non_hu, on_case, device)
     if min_lesion_ml is not None:  # part of the config, so of its hash: a changed minimum recomputes the cases
         seg.cfg = seg.cfg.with_overrides(inference={"min_lesion_ml": min_lesion_ml})
     cases = collect_inputs(inputs, seg.cfg.channels)
@@ -180,6 +190,24 @@ def infer(run: Path | Sequence[Path], inputs: list[Path], out_dir: Path, *, devi
     return InferResult(done, notices, stages=times.to_json())
 
 
+def _classified(seg: Predictor, inputs: list[Path], out_dir: Path, overwrite: bool,
+                dicom_options: DicomOptions | None, allow_non_hu: bool,
+                on_case: Callable[[CaseResult, int, int], None] | None, device: str) -> InferResult:
+    cases = collect_inputs(inputs, seg.cfg.channels)
+    if not cases:
+        raise InputError("no input images found", path=", ".join(str(p) for p in inputs))
+    _check_collisions(cases)
+
+    def result(c: ClassifiedCase) -> CaseResult:
+        note = "; ".join(x for x in (f"{c.predicted} (p = {c.probability:.3f})" if c.predicted else None, c.note) if x)
+        return CaseResult(c.case_id, c.status, c.sidecar, c.error, c.seconds, note=note or None)
+
+    done = classify_cases(seg, cases, out_dir, overwrite=overwrite, dicom_options=dicom_options,
+                          allow_non_hu=allow_non_hu,
+                          on_case=None if on_case is None else lambda c, i, n: on_case(result(c), i, n))
+    return InferResult([result(c) for c in done], (device_reason(device, seg.device),))
+
+
 def _guarded(item: InputCase | Opened, step: Callable[[], Any], stage: str = "") -> Any:
     """Run one step of one case; a MedpipeError (or running out of memory) ends that case as failed, the others
     go on."""
@@ -209,6 +237,9 @@ def run_case(seg: Predictor, case: InputCase, out_dir: Path, *, overwrite: bool 
     each written atomically. Never raises a MedpipeError: a bad case comes back as ``status="failed"`` with the
     reason. ``reserved``: case ids already written by this batch (a second input with the same id is refused;
     the id is added)."""
+    if seg.cfg.is_classification:
+        return CaseResult(case.case_id or "DICOM series", "failed", error=f"{seg.checkpoint}: a classifier; classify "
+                          "with `medpipe infer` (predictions.csv), not case by case")
     options = CaseOptions(overwrite, dicom_options, allow_non_hu, save_probabilities, save_uncertainty, formats,
                           seg_type)
     return _run(seg, case, out_dir, options, reserved)
@@ -270,8 +301,9 @@ def write_case(seg: Predictor, opened: Opened, out_dir: Path, options: CaseOptio
     mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", pred.labels, loaded.grid)
     written = dicom_outputs.write_dicom_outputs(loaded, pred.labels, out_dir, options.formats, cfg=seg.cfg,
                                                 model_sha256=seg.model_sha256, seg_type=options.seg_type)
+    own = own_label_probability(pred.scores, loaded.grid, pred.labels, seg.label_values)  # each lesion's own label
     lesions = write_lesions(out_dir / f"{loaded.case_id}.lesions.csv", pred.labels, loaded.grid, seg.cfg.labels,
-                            seg.cfg.inference.min_lesion_ml)
+                            seg.cfg.inference.min_lesion_ml, dict.fromkeys(seg.label_values, own))
     qc, maps = write_extras(seg, pred, loaded, out_dir, options.save_probabilities, options.save_uncertainty)
     memory = peaks(seg.device)
     seconds = time.perf_counter() - opened.t0

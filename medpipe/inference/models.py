@@ -174,6 +174,7 @@ def _check_compatible(first: LoadedModel, other: LoadedModel) -> None:
     a, b = first.cfg, other.cfg
     checks: list[tuple[str, Any, Any]] = [
         ("labels", a.labels, b.labels), ("regions", a.regions, b.regions), ("channels", a.channels, b.channels),
+        ("task", a.task, b.task), ("classes", a.classes, b.classes),
         *[(f"transforms.{k}", getattr(a.transforms, k), getattr(b.transforms, k)) for k in _SHARED_TRANSFORMS],
     ]
     for key, x, y in checks:

@@ -25,7 +25,12 @@ from medpipe.config import PipelineConfig
 from medpipe.datasets import Case
 from medpipe.runtime import short_hash
 from medpipe.training.distributed import DistInfo
-from medpipe.transforms import train_transforms, val_transforms
+from medpipe.transforms import (
+    classification_preprocess,
+    classification_train_transforms,
+    train_transforms,
+    val_transforms,
+)
 
 #: Shared memory the loader's workers are assumed to need per worker (batches in flight), at least.
 SHM_MIN_PER_WORKER = 64 * 2**20
@@ -95,6 +100,8 @@ def cache_key(cfg: PipelineConfig, identity: str) -> str:
     keys = {"orientation": t.orientation, "spacing_mm": list(t.spacing_mm), "intensity": t.intensity,
             "hu_window": list(t.hu_window), "crop": t.crop_foreground, "patch": list(t.patch_size_vox),
             "channels": list(cfg.channels), "data": identity}
+    if cfg.is_classification:  # another chain (whole volumes, no label map): another cache
+        keys["task"] = cfg.task
     return short_hash(keys)
 
 
@@ -127,10 +134,17 @@ def _reporting_cache_class() -> Any:
     return ReportingCacheDataset
 
 
-def make_dataset(cfg: PipelineConfig, cases: list[Case], transform: Any, identity: str, part: str,
-                 on_item: Callable[[], None] = lambda: None) -> Any:
+def case_dicts(cases: list[Case], targets: dict[str, int] | None = None) -> list[dict[str, object]]:
+    """MONAI data dicts of ``cases``; with ``targets`` (classification) the image, case id and ``class`` index."""
+    if targets is None:
+        return [c.as_dict() for c in cases]
+    return [{"image": c.as_dict()["image"], "case_id": c.case_id, "class": int(targets[c.case_id])} for c in cases]
 
-    data = [c.as_dict() for c in cases]
+
+def make_dataset(cfg: PipelineConfig, cases: list[Case], transform: Any, identity: str, part: str,
+                 on_item: Callable[[], None] = lambda: None, targets: dict[str, int] | None = None) -> Any:
+
+    data = case_dicts(cases, targets)
     t = cfg.training
     if t.cache_dir:
         folder = Path(t.cache_dir) / cache_key(cfg, identity) / part
@@ -146,18 +160,27 @@ def make_dataset(cfg: PipelineConfig, cases: list[Case], transform: Any, identit
 class EpochSampler(DistributedSampler):  # type: ignore[type-arg]
     """A DistributedSampler (a single process is rank 0 of 1) whose epoch holds ``samples_per_rank`` indices per
     rank, drawn from fresh seeded permutations of the dataset, so that ``iterations_per_epoch`` batches come from
-    one pass of the loader: worker processes start once per epoch, not once per pass over the cases."""
+    one pass of the loader: worker processes start once per epoch, not once per pass over the cases.
 
-    def __init__(self, dataset: Any, num_replicas: int, rank: int, seed: int, samples_per_rank: int) -> None:
+    With ``weights`` (one per case; class-balanced sampling) the indices are drawn with replacement with those
+    weights instead. Every rank draws the same seeded sequence and takes its own share, so under DDP the ranks
+    see disjoint draws of one balanced stream."""
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, seed: int, samples_per_rank: int,
+                 weights: list[float] | None = None) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         if samples_per_rank > 0:
             self.num_samples = samples_per_rank
             self.total_size = samples_per_rank * num_replicas
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
 
     def __iter__(self) -> Any:
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
         n = len(self.dataset)  # type: ignore[arg-type]
+        if self.weights is not None:
+            drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g).tolist()
+            return iter(drawn[self.rank : self.total_size : self.num_replicas])
         indices: list[int] = []
         while len(indices) < self.total_size:
             indices += torch.randperm(n, generator=g).tolist()
@@ -166,25 +189,39 @@ class EpochSampler(DistributedSampler):  # type: ignore[type-arg]
 
 def build_loaders(cfg: PipelineConfig, train_cases: list[Case], val_cases: list[Case], identity: str,
                   dist: DistInfo, device: str, notices: list[str] | None = None,
-                  on_cached: Callable[[int, int], None] | None = None) -> Loaders:
+                  on_cached: Callable[[int, int], None] | None = None,
+                  targets: dict[str, int] | None = None) -> Loaders:
     """Datasets and the training loader. Under DDP each rank validates its share ``val_cases[rank::world]``.
     With worker processes and too little /dev/shm (Docker's 64 MB default) the loader runs without workers and
-    a notice saying so (and how to fix it) is appended to ``notices``. ``on_cached(done, total)`` reports caching."""
+    a notice saying so (and how to fix it) is appended to ``notices``. ``on_cached(done, total)`` reports caching.
+    ``targets`` (``task: classification``): the class index of every case; whole volumes instead of patches, and
+    with ``training.balanced_sampling`` cases drawn with weights 1 / (cases of their class)."""
     note = shm_plan(int(cfg.training.num_workers), shm_need_bytes(cfg), shm_free_bytes())
     if note is not None and notices is not None:
         notices.append(note)
 
-    train_tf = train_transforms(cfg)
+    classify = targets is not None
+    train_tf = classification_train_transforms(cfg) if classify else train_transforms(cfg)
+    val_tf = classification_preprocess(cfg) if classify else val_transforms(cfg)
     mine = val_cases[dist.rank::dist.world_size]
     counter = _Counter(len(train_cases) + len(mine), on_cached)
-    train_ds = make_dataset(cfg, train_cases, train_tf, identity, "train", counter)
-    val_ds = make_dataset(cfg, mine, val_transforms(cfg), identity, "val", counter)
+    train_ds = make_dataset(cfg, train_cases, train_tf, identity, "train", counter, targets)
+    val_ds = make_dataset(cfg, mine, val_tf, identity, "val", counter, targets)
     generator = torch.Generator().manual_seed(cfg.training.seed)
     t = cfg.training
-    sampler = EpochSampler(train_ds, dist.world_size, dist.rank, t.seed, t.iterations_per_epoch * t.batch_size)
+    weights = (balanced_weights([targets[c.case_id] for c in train_cases])
+               if targets is not None and cfg.balanced else None)
+    sampler = EpochSampler(train_ds, dist.world_size, dist.rank, t.seed, t.iterations_per_epoch * t.batch_size,
+                           weights)
     workers = 0 if note is not None else int(t.num_workers)  # resolved by the trainer (resources.loader_workers)
     loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=False, sampler=sampler,
                         num_workers=workers, collate_fn=list_data_collate, generator=generator,
                         pin_memory=device.startswith("cuda"), persistent_workers=False,
                         prefetch_factor=4 if workers > 0 else None)
     return Loaders(train_ds, val_ds, train_tf, loader, sampler, generator)
+
+
+def balanced_weights(classes: list[int]) -> list[float]:
+    """Per case: 1 / (number of cases of its class), so that each class is drawn equally often."""
+    counts = np.bincount(np.asarray(classes, dtype=np.int64))
+    return [1.0 / float(counts[c]) for c in classes]

@@ -83,6 +83,10 @@ LOSS_COLOUR = "#1f3b73"
 DICE_COLOURS = ("#e6550d", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
 
+#: Validation columns of a classification run and their legend names.
+CLASSIFICATION_KEYS = {"val_auc": "ROC AUC", "val_accuracy": "accuracy"}
+
+
 def curve_figure(rows: list[dict[str, Any]]) -> Any:
     """The training-curve figure (matplotlib, Agg): train loss (left axis) and validation Dice (right axis)."""
     import matplotlib
@@ -96,14 +100,15 @@ def curve_figure(rows: list[dict[str, Any]]) -> Any:
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss", color=LOSS_COLOUR)
     ax2 = ax1.twinx()
-    dice_keys = sorted({k for r in rows for k in r if k.startswith("val_dice_")})
+    dice_keys = sorted({k for r in rows for k in r if k.startswith("val_dice_") or k in CLASSIFICATION_KEYS})
     for i, key in enumerate(dice_keys):
         pts = [(r["epoch"], r[key]) for r in rows if r.get(key) not in (None, "")]
         if pts:
             ax2.plot(*zip(*pts, strict=False), marker="o", ms=3, color=DICE_COLOURS[i % len(DICE_COLOURS)],
-                     ls="--" if key == "val_dice_mean" else "-", label=key.replace("val_dice_", "Dice "))
+                     ls="--" if key == "val_dice_mean" else "-",
+                     label=CLASSIFICATION_KEYS.get(key, key.replace("val_dice_", "Dice ")))
     ax2.set_ylim(0, 1)
-    ax2.set_ylabel("validation Dice")
+    ax2.set_ylabel("validation AUC / accuracy" if set(dice_keys) <= set(CLASSIFICATION_KEYS) else "validation Dice")
     handles = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax1.legend(handles, [str(h.get_label()) for h in handles], loc="center right", fontsize=8)
     ax1.grid(alpha=0.3)

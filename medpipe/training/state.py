@@ -73,9 +73,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-#: Fields that may change between a run and its resume: the length of the run, where the data lives (its
-#: content is checked separately) and how it is fed (workers, caching). Anything else refuses the resume.
-RESUMABLE_CHANGES = {"training": ("epochs", "num_workers", "cache", "cache_dir"), "data": ("root", "splits_file")}
+#: Fields that may change between a run and its resume: the length of the run, where the data (and a class CSV)
+#: lives (its content is checked separately) and how it is fed (workers, caching). Anything else refuses the resume.
+RESUMABLE_CHANGES = {"training": ("epochs", "num_workers", "cache", "cache_dir"),
+                     "data": ("root", "splits_file", "class_csv")}  # the classes themselves are in the data identity
 
 
 def resume_key(cfg: PipelineConfig) -> str:

@@ -2,8 +2,8 @@
 
 The run folder holds ``config.yaml`` (resolved config), ``split.json`` (this run's train/val case ids),
 ``splits.json`` (all folds, for cross-validation), ``last.pt`` + ``previous.pt`` (every epoch), ``best.pt`` (best
-mean validation Dice), ``metrics.csv``, ``training_curve.png`` and ``tensorboard/`` (when tensorboard is
-installed). Under DDP only rank 0 writes any of them.
+mean validation Dice; for ``task: classification`` best validation ROC AUC), ``metrics.csv``,
+``training_curve.png`` and ``tensorboard/`` (when tensorboard is installed). Under DDP only rank 0 writes any of them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from monai.inferers import sliding_window_inference
 from torch.nn.parallel import DistributedDataParallel
 
 from medpipe.config import PipelineConfig, dump_config
-from medpipe.datasets import data_identity, load_dataset, preflight, select_split
+from medpipe.datasets import data_identity, preflight, select_split
+from medpipe.datasets.classes import case_classes, load_task_dataset
 from medpipe.errors import CheckpointError, ConfigError, DatasetError, OutputError, TrainingError
 from medpipe.evaluation.evaluate import score_arrays
 from medpipe.evaluation.metrics.regions import Region
@@ -29,6 +30,8 @@ from medpipe.labels import label_scores
 from medpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from medpipe.models.factory import build_model, uses_deep_supervision
 from medpipe.models.trainrange import training_range
+from medpipe.runtime import short_hash
+from medpipe.training.classify import ClassificationLoss, validate_classifier, validation_score
 from medpipe.training.data import build_loaders
 from medpipe.training.distributed import DistInfo, broadcast_object, gather_objects, mean_across_ranks
 from medpipe.training.events import EpochStats, TrainEvent, TrainResult
@@ -90,7 +93,7 @@ class Trainer:
         cfg = self.cfg
         if not cfg.data.root:
             raise ConfigError("no dataset: set data.root in the config or pass --data DIR")
-        ds = load_dataset(cfg.data.root, cfg.data.format)
+        ds = load_task_dataset(cfg)
         chosen = None
         if self.dist.is_main:  # rank 0 reads or writes the splits file; every rank trains on its split
             try:
@@ -108,6 +111,10 @@ class Trainer:
         self.train_cases, self.val_cases = [by_id[c] for c in train_ids], [by_id[c] for c in val_ids]
         cases = self.train_cases + self.val_cases
         self.fingerprint = data_identity(cases)
+        self.targets: dict[str, int] | None = None
+        if cfg.is_classification:  # case classes belong to the data: a changed label refuses a resume
+            self.targets = broadcast_object(case_classes(cfg, cases) if self.dist.is_main else None, self.dist)
+            self.fingerprint = short_hash({"images": self.fingerprint, "classes": self.targets})
         if cfg.data.fingerprint and cfg.data.fingerprint != data_identity(ds.cases):
             raise DatasetError(f"the dataset changed since it was planned (identity {data_identity(ds.cases)}, "
                                f"the plan recorded {cfg.data.fingerprint})", path=ds.root,
@@ -118,14 +125,15 @@ class Trainer:
                   on_case=lambda _c, i, n: self.emit(TrainEvent("check", 0, epochs, i, n)))
         self.notices += [f"dataset check: {w}" for w in warnings]
         self.volume_ranges: dict[str, list[float]] = {}
-        if self.dist.is_main:
+        if self.dist.is_main and not cfg.is_classification:
             self.volume_ranges = volume_ranges([c.label for c in self.train_cases if c.label], cfg.labels)
         self.case_identity = case_identities(cases)
         if self.dist.is_main and not self.resuming:  # a resume keeps the record of what the run began with
             write_json_atomic(self.run_dir / "split.json", {
                 "fold": cfg.data.fold, "train": [c.case_id for c in self.train_cases],
                 "val": [c.case_id for c in self.val_cases], "case_identity": self.case_identity,
-                "dataset_warnings": [str(w) for w in warnings]})
+                "dataset_warnings": [str(w) for w in warnings],
+                **({"classes": self.targets} if self.targets is not None else {})})
             if splits is not None:
                 write_json_atomic(self.run_dir / "splits.json", {"n_folds": cfg.data.n_folds, "seed": cfg.data.seed,
                                                                  "folds": splits})
@@ -144,7 +152,8 @@ class Trainer:
                 f"preprocessing and caching {len(cases)} cases {how} before the first step ...")))
         self.data = build_loaders(fitted, self.train_cases, self.val_cases, self.fingerprint, self.dist, self.device,
                                   self.notices,
-                                  on_cached=lambda i, n: self.emit(TrainEvent("cache", 0, t.epochs, i, n)))
+                                  on_cached=lambda i, n: self.emit(TrainEvent("cache", 0, t.epochs, i, n)),
+                                  targets=self.targets)
 
     # ----- model --------------------------------------------------------------------------------------------
     @property
@@ -162,7 +171,8 @@ class Trainer:
 
             ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
             self.model = DistributedDataParallel(self.net, device_ids=ids)
-        self.loss_fn = SegmentationLoss(cfg, self.deep_supervision)
+        self.loss_fn: torch.nn.Module = (ClassificationLoss(cfg) if cfg.is_classification
+                                         else SegmentationLoss(cfg, self.deep_supervision))
         if t.optimizer == "adamw":
             self.opt: torch.optim.Optimizer = torch.optim.AdamW(self.net.parameters(), lr=t.lr,
                                                                 weight_decay=t.weight_decay)
@@ -260,7 +270,7 @@ class Trainer:
             t1 = time.perf_counter()
             wait += t1 - t0
             x = batch["image"].to(self.device, non_blocking=True)
-            y = batch["label"].to(self.device, non_blocking=True)
+            y = batch["class" if self.cfg.is_classification else "label"].to(self.device, non_blocking=True)
             self.opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type="cuda", dtype=self.amp_dtype or torch.float16,
                                 enabled=self.amp_dtype is not None):
@@ -299,8 +309,12 @@ class Trainer:
         return {k: v for k, v in self.cfg.labels.items() if k != 0}
 
     def validate(self) -> dict[str, float]:
-        """Mean Dice per foreground label (or region) over the validation cases, in network space."""
-
+        """Mean Dice per foreground label (or region) over the validation cases, in network space; for
+        classification ROC AUC and accuracy (:func:`medpipe.training.classify.validate_classifier`)."""
+        if self.cfg.is_classification:
+            n = self.cfg.training.epochs
+            return validate_classifier(self.net, self.data.val_ds, self.cfg, self.device, self.dist, self.amp_dtype,
+                                       lambda i, k: self.emit(TrainEvent("val_case", 0, n, i, k)))
 
         self.net.eval()
         inf, scored = self.cfg.inference, self._scored()
@@ -360,10 +374,14 @@ class Trainer:
                                        "compute_s": round(stats.compute_s, 3)}
                 if epoch % cfg.training.val_every == 0 or epoch == cfg.training.epochs:
                     last_dice = self.validate()
-                    finite = [v for v in last_dice.values() if not math.isnan(v)]
-                    mean = float(np.mean(finite)) if finite else float("nan")
-                    row.update({f"val_dice_{k}": round(v, 5) for k, v in last_dice.items()})
-                    row["val_dice_mean"] = round(mean, 5)
+                    if cfg.is_classification:
+                        mean = validation_score(last_dice)
+                        row.update({f"val_{k}": round(v, 5) for k, v in last_dice.items()})
+                    else:
+                        finite = [v for v in last_dice.values() if not math.isnan(v)]
+                        mean = float(np.mean(finite)) if finite else float("nan")
+                        row.update({f"val_dice_{k}": round(v, 5) for k, v in last_dice.items()})
+                        row["val_dice_mean"] = round(mean, 5)
                     if mean > best[1]:
                         best = (epoch, mean)
                         self.save("best.pt", epoch, best)

@@ -65,14 +65,14 @@ def _centroid_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory: pytest.TempPathFactory) -> SampleSummary:
-    return generate_sample_data(tmp_path_factory.mktemp("seed0"), seed=0, n_ct=2, n_mri=2)
+    return generate_sample_data(tmp_path_factory.mktemp("seed0"), seed=0, n_ct=2, n_mri=2, n_cls=0)
 
 
 # ------------------------------------------------------------------------------------------ determinism
 
 
 def test_same_seed_gives_byte_identical_files(small_set: SampleSummary, tmp_path: Path) -> None:
-    again = generate_sample_data(tmp_path / "again", seed=0, n_ct=2, n_mri=2)
+    again = generate_sample_data(tmp_path / "again", seed=0, n_ct=2, n_mri=2, n_cls=0)
     first = {str(p.relative_to(small_set.out_dir)): _sha256(p) for p in small_set.files}
     second = {str(p.relative_to(again.out_dir)): _sha256(p) for p in again.files}
     assert len(first) == 2 * 2 + 2 * 5
@@ -81,7 +81,7 @@ def test_same_seed_gives_byte_identical_files(small_set: SampleSummary, tmp_path
 
 
 def test_different_seed_gives_different_data(small_set: SampleSummary, tmp_path: Path) -> None:
-    other = generate_sample_data(tmp_path / "seed1", seed=1, n_ct=1, n_mri=1)
+    other = generate_sample_data(tmp_path / "seed1", seed=1, n_ct=1, n_mri=1, n_cls=0)
     for path in other.files:
         twin = small_set.out_dir / path.relative_to(other.out_dir)
         assert _payload_sha256(path) != _payload_sha256(twin), path.name
@@ -261,12 +261,12 @@ def test_committed_sample_data_is_what_seed_0_generates(tmp_path: Path) -> None:
     """Guards determinism across runs. If this fails after a deliberate generator change (or a numpy/scipy
     upgrade that changes the random streams), regenerate: ``medpipe sample-data sample_data --seed 0``."""
     summary = generate_sample_data(tmp_path, seed=0)
-    assert len(summary.ct_case_ids) == 12 and len(summary.mri_case_ids) == 10
+    assert len(summary.ct_case_ids) == 12 and len(summary.mri_case_ids) == 10 and len(summary.cls_case_ids) == 200
     assert _tree(COMMITTED) == _tree(tmp_path)
     for rel in _tree(tmp_path):
         assert _payload_sha256(COMMITTED / rel) == _payload_sha256(tmp_path / rel), rel
     total = sum(p.stat().st_size for p in COMMITTED.rglob("*") if p.is_file())
-    assert total <= 8_000_000
+    assert total <= 10_000_000  # kits + brats about 7 MB, cls under 3 MB
 
 
 def test_committed_readme_table_matches_the_data() -> None:

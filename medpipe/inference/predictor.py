@@ -29,7 +29,7 @@ from medpipe.inference.export import labels_on_grid
 from medpipe.inference.inputs import LoadedCase
 from medpipe.inference.models import ModelSet, find_checkpoint, load_model_set
 from medpipe.inference.sidecar import EnsembleInfo, SegmentDetails, SlabSplit
-from medpipe.inference.slabs import SlabPlan, make_plan, slab_image
+from medpipe.inference.slabs import Slab, SlabPlan, make_plan, slab_image
 from medpipe.inference.tta import flip_spatial, mirror_passes
 from medpipe.labels import label_scores
 from medpipe.models.trainrange import TrainingRange
@@ -137,19 +137,28 @@ class Predictor:
                     raise
         raise RuntimeError("unreachable")  # pragma: no cover
 
-    def scores(self, image: torch.Tensor, first_rung: int = 0) -> EnsembleScores:
+    def scores(self, image: torch.Tensor, first_rung: int = 0, slab: tuple[int, Slab] | None = None
+               ) -> EnsembleScores:
         """Mean scores over every model and mirror pass of a (1, C, X, Y, Z) network-space image (on CUDA the
-        memory ladder starts at rung ``first_rung``)."""
+        memory ladder starts at rung ``first_rung``). ``slab`` (split axis, slab) when ``image`` is one slab of a
+        split case: each pass runs on its part of the slab (:meth:`Slab.extent`) and only the core is kept."""
         total: torch.Tensor | None = None
         entropy_sum: torch.Tensor | None = None
         n_total = len(self.model_set.models) * len(self.passes)
         rung_index, rung = first_rung, "cpu"
         for member in self.model_set.models:
             for axes in self.passes:
-                logits, rung = self.logits(flip_spatial(image, axes), member.network, rung_index)
+                x, core = image, None
+                if slab is not None:
+                    ax, part = slab
+                    at, n = part.extent(ax in axes)
+                    x, core = image.narrow(ax + 2, at, n), (ax + 1, part.core_lo - part.lo - at)
+                logits, rung = self.logits(flip_spatial(x, axes), member.network, rung_index)
                 rung_index = RUNGS.index(rung) if rung in RUNGS else 0
                 s = flip_spatial(label_scores(logits[0], self.cfg), axes)
                 del logits
+                if core is not None and slab is not None:
+                    s = s.narrow(core[0], core[1], slab[1].core_hi - slab[1].core_lo)
                 if total is None:
                     total = s
                 else:
@@ -171,17 +180,17 @@ class Predictor:
         rung_index, rung, n_passes = 0, "cpu", 1
         ax = plan.axis
         for slab in plan.slabs:
-            ens = self.scores(slab_image(self.cfg, plan, slab)[None], rung_index)
+            ens = self.scores(slab_image(self.cfg, plan, slab)[None], rung_index, (ax, slab))
             rung, n_passes = ens.rung, ens.n_passes
             rung_index = RUNGS.index(rung) if rung in RUNGS else 0
-            at, n = slab.core_lo - slab.lo, slab.core_hi - slab.core_lo
-            part = ens.mean.narrow(ax + 1, at, n)
+            n = slab.core_hi - slab.core_lo
+            part = ens.mean
             if mean is None:
                 mean = part.new_empty((part.shape[0], *plan.grid.shape))
             mean = mean.to(part.device)
             mean.narrow(ax + 1, slab.core_lo, n).copy_(part)
             if ens.entropy_sum is not None:
-                h = ens.entropy_sum.narrow(ax, at, n)
+                h = ens.entropy_sum
                 entropy_sum = (h.new_empty(plan.grid.shape) if entropy_sum is None else entropy_sum).to(h.device)
                 entropy_sum.narrow(ax, slab.core_lo, n).copy_(h)
             del ens
@@ -193,12 +202,13 @@ class Predictor:
         """The case preprocessed onto the network grid: (C, X, Y, Z) with its affine (the read stage); for a scan
         larger than ``inference.max_slab_voxels``, the plan of its slabs (whole-volume statistics gathered in a
         streaming pass; each slab is preprocessed when the network runs it)."""
-        plan = make_plan(self.cfg, case.array, case.grid)
+        plan = make_plan(self.cfg, case.array, case.grid, tuple({a for p in self.passes for a in p}))
         if plan is not None:
             return plan
         if self._pre is None:
             self._pre = preprocess(self.cfg, with_label=False, load=False)
-        img = MetaTensor(torch.from_numpy(case.array), meta={"affine": torch.as_tensor(case.grid.affine)})
+        array = case.array.astype(np.float32, copy=False)  # integer voxels (``keep_integers``) as float32
+        img = MetaTensor(torch.from_numpy(array), meta={"affine": torch.as_tensor(case.grid.affine)})
         return self._pre({"image": img})["image"]
 
     def finish(self, case: LoadedCase, net_img: MetaTensor | SlabPlan, ens: EnsembleScores,

@@ -63,7 +63,9 @@ class NetworkGrid:
 @dataclass(frozen=True)
 class Slab:
     """One slab along the split axis, in voxels of the (cropped) network grid: ``lo``..``hi`` is what is
-    preprocessed and run, ``core_lo``..``core_hi`` what is kept; ``src_lo``..``src_hi`` the source slices read."""
+    preprocessed, ``core_lo``..``core_hi`` what is kept; ``src_lo``..``src_hi`` the source slices read. A plain
+    pass runs on ``plain`` (lo, hi), a pass mirrored along the split axis on ``mirrored``: the windows MONAI places
+    there are those it places on the whole (mirrored) grid over the core."""
 
     lo: int
     hi: int
@@ -71,6 +73,13 @@ class Slab:
     core_hi: int
     src_lo: int
     src_hi: int
+    plain: tuple[int, int]
+    mirrored: tuple[int, int]
+
+    def extent(self, mirrored: bool) -> tuple[int, int]:
+        """(offset, length) of a pass's part of the slab image (mirrored: the pass flips the split axis)."""
+        lo, hi = self.mirrored if mirrored else self.plain
+        return lo - self.lo, hi - lo
 
 
 @dataclass(frozen=True)
@@ -137,17 +146,18 @@ def source_range(source: Grid, grid: NetworkGrid) -> tuple[int, int]:
     return lo, max(hi, lo + 1)
 
 
-def plan_slabs(cfg: PipelineConfig, source: Grid, grid: NetworkGrid, axis: int, max_voxels: int
-               ) -> tuple[Slab, ...]:
-    """Slabs of ``grid`` (the cropped network grid) along ``axis``: the
-    most windows per core such that no slab holds more than ``max_voxels`` voxels on the source or network grid
-    (at least one window per core). One slab means: no split."""
+def plan_slabs(cfg: PipelineConfig, source: Grid, grid: NetworkGrid, axis: int, max_voxels: int,
+               mirror: bool = False) -> tuple[Slab, ...]:
+    """Slabs of ``grid`` (the cropped network grid) along ``axis``: the most windows per core such that no slab
+    holds more than ``max_voxels`` voxels on the source or network grid (at least one window per core). ``mirror``:
+    some pass flips the split axis, so each slab also spans the windows of the mirrored grid over its core. One
+    slab means: no split."""
     inf = cfg.inference
     length, roi = grid.shape[axis], inf.roi_size_vox[axis]
     starts = window_starts(length, roi, inf.overlap)
     best: tuple[Slab, ...] = ()
     for per_core in range(len(starts), 0, -1):
-        slabs = _slabs(starts, per_core, length, roi, source, grid, axis)
+        slabs = _slabs(starts, per_core, length, roi, source, grid, axis, mirror)
         best = slabs
         if max(_cost(s, source, grid, axis) for s in slabs) <= max_voxels:
             break
@@ -155,15 +165,23 @@ def plan_slabs(cfg: PipelineConfig, source: Grid, grid: NetworkGrid, axis: int, 
 
 
 def _slabs(starts: list[int], per_core: int, length: int, roi: int, source: Grid, grid: NetworkGrid,
-           axis: int) -> tuple[Slab, ...]:
+           axis: int, mirror: bool) -> tuple[Slab, ...]:
     bounds = [starts[i] for i in range(0, len(starts), per_core)] + [length]
+    # the windows of the grid flipped along the axis, in unflipped voxels
+    flipped = sorted(max(0, length - roi) - p for p in starts)
     out = []
     for a, b in itertools.pairwise(bounds):
-        needed = [p for p in starts if p + roi > a and p < b]
-        lo, hi = needed[0], min(length, needed[-1] + roi)
+        plain, mirrored = _span(starts, a, b, roi, length), _span(flipped, a, b, roi, length)
+        lo, hi = (min(plain[0], mirrored[0]), max(plain[1], mirrored[1])) if mirror else plain
         s_lo, s_hi = source_range(source, _slab_grid(grid, axis, lo, hi))
-        out.append(Slab(lo, hi, a, b, s_lo, s_hi))
+        out.append(Slab(lo, hi, a, b, s_lo, s_hi, plain, mirrored if mirror else plain))
     return tuple(out)
+
+
+def _span(starts: list[int], a: int, b: int, roi: int, length: int) -> tuple[int, int]:
+    """The voxels spanned by the windows (``starts``) that cover any voxel of a..b."""
+    needed = [p for p in starts if p + roi > a and p < b]
+    return needed[0], min(length, needed[-1] + roi)
 
 
 def _slab_grid(grid: NetworkGrid, axis: int, lo: int, hi: int) -> NetworkGrid:
@@ -269,9 +287,11 @@ def foreground_crop(cfg: PipelineConfig, array: np.ndarray, source: Grid, full: 
     return tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo)  # type: ignore[return-value]
 
 
-def make_plan(cfg: PipelineConfig, array: np.ndarray, source: Grid) -> SlabPlan | None:
+def make_plan(cfg: PipelineConfig, array: np.ndarray, source: Grid,
+              mirror_axes: tuple[int, ...] = ()) -> SlabPlan | None:
     """The plan that splits a (C, I, J, K) case into slabs, or None when it needs no split (at most
-    ``inference.max_slab_voxels`` voxels per channel, or too short along the slice axis for two slabs)."""
+    ``inference.max_slab_voxels`` voxels per channel, or too short along the slice axis for two slabs).
+    ``mirror_axes``: the network axes some mirror pass flips."""
     budget = cfg.inference.max_slab_voxels
     if budget <= 0 or int(np.prod(source.shape)) <= budget:
         return None
@@ -284,7 +304,7 @@ def make_plan(cfg: PipelineConfig, array: np.ndarray, source: Grid) -> SlabPlan 
     if cfg.transforms.crop_foreground:
         start, shape = foreground_crop(cfg, array, source, full, axis, budget, mean, std)
     grid = full.sub(start, shape)
-    slabs = plan_slabs(cfg, source, grid, axis, budget)
+    slabs = plan_slabs(cfg, source, grid, axis, budget, axis in mirror_axes)
     if len(slabs) < 2:
         return None
     margin = max(max(s.core_lo - s.lo, s.hi - s.core_hi) for s in slabs)

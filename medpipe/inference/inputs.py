@@ -222,10 +222,10 @@ def _stored_integer_type(path: Path) -> type:
     applies (reading it as is is exact), else float32."""
     import nibabel as nib
 
-    header: Any = nib.load(str(path)).header
-    dtype = np.dtype(header.get_data_dtype())
-    slope, inter = header.get_slope_inter()
-    unscaled = slope in (None, 1.0) and inter in (None, 0.0)
+    img: Any = nib.load(str(path))
+    dtype = np.dtype(img.get_data_dtype())
+    # nibabel keeps the scaling on the array proxy (the loaded header's copy is cleared)
+    unscaled = float(img.dataobj.slope) == 1.0 and float(img.dataobj.inter) == 0.0
     if unscaled and np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
         return dtype.newbyteorder("=").type
     return np.float32

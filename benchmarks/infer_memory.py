@@ -92,6 +92,33 @@ def worker_medpipe(run: Path, image: Path, out: Path) -> dict:
             "split": side.get("split"), "timings_s": side["timings_s"], "memory": side.get("memory")}
 
 
+def worker_mask(run: Path, image: Path, out: Path) -> dict:
+    """The stages of ``infer`` up to the written mask (read, preprocess, network, export, write), without the
+    lesion table, QC and sidecar that follow: the peak this part alone needs."""
+    from medpipe.inference.export import write_mask
+    from medpipe.inference.inputs import collect_inputs, ct_intensity_check, load_case
+    from medpipe.inference.memory import host_peak_mb
+    from medpipe.inference.predictor import Predictor
+
+    t0 = time.perf_counter()
+    seg = Predictor(run, "cpu")
+    loaded = load_case(collect_inputs([image], seg.cfg.channels)[0], seg.cfg.in_channels, keep_integers=True)
+    ct_intensity_check(loaded)
+    t1 = time.perf_counter()
+    net = seg.prepare(loaded)
+    t2 = time.perf_counter()
+    ens = seg.run_network(net)
+    t3 = time.perf_counter()
+    pred = seg.finish(loaded, net, ens)
+    out.mkdir(parents=True, exist_ok=True)
+    write_mask(out / "case.nii.gz", pred.labels, loaded.grid)
+    t4 = time.perf_counter()
+    split = pred.details.split
+    return {"seconds": t4 - t0, "read_s": t1 - t0, "prepare_s": t2 - t1, "network_s": t3 - t2, "export_s": t4 - t3,
+            "peak_mb": host_peak_mb(), "split": split.to_json() if split else None,
+            "network_grid": list(pred.details.network_shape)}
+
+
 def worker_nnunet(image: Path, out: Path) -> dict:  # runs in the nnU-Net venv: no medpipe, no MONAI
     import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
@@ -164,11 +191,16 @@ def main() -> None:
     ap.add_argument("--nnunet-python", default="/work/venv-nnunet/bin/python")
     ap.add_argument("--skip-nnunet", action="store_true", help="medpipe only (split and whole)")
     ap.add_argument("--max-slab-voxels", type=int, default=None, help="the split run's setting (default: config's)")
-    ap.add_argument("--worker", choices=["medpipe", "nnunet"], help=argparse.SUPPRESS)
+    ap.add_argument("--mask-only", action="store_true",
+                    help="medpipe only, split and whole, up to the written mask (no lesion table, QC, sidecar)")
+    ap.add_argument("--worker", choices=["medpipe", "mask", "nnunet"], help=argparse.SUPPRESS)
     ap.add_argument("--paths", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker == "medpipe":
         print(json.dumps(worker_medpipe(*map(Path, args.paths))))
+        return
+    if args.worker == "mask":
+        print(json.dumps(worker_mask(*map(Path, args.paths))))
         return
     if args.worker == "nnunet":
         print(json.dumps(worker_nnunet(*map(Path, args.paths))))
@@ -184,6 +216,12 @@ def main() -> None:
         n_params = make_medpipe_model(tmp / "run", args.max_slab_voxels)
         make_medpipe_model(tmp / "run_whole", 0)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        if args.mask_only:
+            for name in ("run", "run_whole"):
+                got, rss = run_worker(sys.executable, ["--worker", "mask", "--paths", str(tmp / name), str(image),
+                                                       str(tmp / f"out_{name}")], env)
+                print(f"medpipe {name} up to the mask: peak RSS {rss:.0f} MiB, {json.dumps(got)}", flush=True)
+            return
         med, med_rss = run_worker(sys.executable, ["--worker", "medpipe", "--paths", str(tmp / "run"), str(image),
                                                    str(tmp / "out_medpipe")], env)
         print(f"medpipe (split) done: {med_rss:.0f} MiB, {med['seconds']:.0f} s, {json.dumps(med)}", flush=True)

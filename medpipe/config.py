@@ -139,8 +139,9 @@ class InferenceConfig:
     min_lesion_ml: float = 0.0
     #: Scans with more voxels than this (per channel) are read, preprocessed and run through the network in slabs
     #: along their slice axis, each holding about this many voxels at most (source or network grid), with an
-    #: overlap margin (docs/inference.md, "Long scans"). 0: never split. Default 64 Mi (a 512 x 512 x 256 slab).
-    max_slab_voxels: int = 64 * 1024 * 1024
+    #: overlap margin (docs/inference.md, "Long scans"). 0: never split. Default 128 Mi (a 512 x 512 x 512 block;
+    #: preprocessing a slab holds about 8 bytes per source voxel of it, ~1 GiB).
+    max_slab_voxels: int = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)

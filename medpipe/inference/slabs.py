@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai import transforms as mt
@@ -201,13 +202,23 @@ def _cost(slab: Slab, source: Grid, grid: NetworkGrid, axis: int) -> int:
 def resample_onto(cfg: PipelineConfig, array: np.ndarray, source: Grid, grid: NetworkGrid) -> MetaTensor:
     """The (C, I, J, K) source array resampled onto ``grid`` (a sub-grid of the whole network grid) exactly as
     whole-volume preprocessing resamples it (orientation, then linear resampling with border padding, computed in
-    float64), reading only the source slices that ``grid`` needs. Returns (C, X, Y, Z) float32."""
+    float64), reading only the source slices that ``grid`` needs. The orientation is applied to a view of the
+    stored voxels (MONAI's axis permutation and flips, its affine computed lazily), so a slab costs one float64
+    copy of its source slices. Returns (C, X, Y, Z) float32."""
     k0, k1 = source_range(source, grid)
     shift = np.eye(4)
     shift[2, 3] = k0
-    part = np.ascontiguousarray(array[:, :, :, k0:k1], dtype=np.float32)
-    img: Any = MetaTensor(torch.from_numpy(part), meta={"affine": torch.as_tensor(source.affine @ shift)})
-    img = mt.Orientation(axcodes=cfg.transforms.orientation, labels=RAS_LABELS)(img)
+    affine = torch.as_tensor(source.affine @ shift)
+    part = array[:, :, :, k0:k1]
+    lazy: Any = mt.Orientation(axcodes=cfg.transforms.orientation, labels=RAS_LABELS, lazy=True)(
+        MetaTensor(torch.zeros(1).expand(part.shape), meta={"affine": affine}))
+    ornt = nib.orientations.ornt_transform(
+        nib.io_orientation(source.affine), nib.orientations.axcodes2ornt(cfg.transforms.orientation, RAS_LABELS))
+    oriented = nib.orientations.apply_orientation(np.moveaxis(part, 0, -1), ornt)  # a view: flips and transposes
+    data = np.ascontiguousarray(np.moveaxis(oriented, -1, 0), dtype=np.float64)
+    if tuple(data.shape[1:]) != tuple(int(v) for v in lazy.peek_pending_shape()):  # pragma: no cover - a bug
+        raise RuntimeError(f"oriented slab {data.shape[1:]} differs from MONAI's {lazy.peek_pending_shape()}")
+    img = MetaTensor(torch.from_numpy(data), meta={"affine": torch.as_tensor(lazy.peek_pending_affine())})
     resample = mt.SpatialResample(mode="bilinear", padding_mode="border", align_corners=False, dtype=np.float64)
     out = resample(img, dst_affine=torch.as_tensor(grid.affine), spatial_size=grid.shape)
     return MetaTensor(torch.as_tensor(out, dtype=torch.float32), meta={"affine": torch.as_tensor(grid.affine)})

@@ -170,7 +170,7 @@ def test_slabs_hold_every_window_of_their_core(length: int, roi: int, overlap: f
 def test_small_scans_are_not_split_and_setting_is_checked(tmp_path: Path, runs: dict[str, Path]) -> None:
     path, _ = scan(tmp_path, "anisotropic")
     seg = Predictor(runs["ct"], "cpu")
-    assert seg.cfg.inference.max_slab_voxels == 64 * 1024 * 1024
+    assert seg.cfg.inference.max_slab_voxels == 128 * 1024 * 1024
     assert seg.predict(read(path, seg)).details.split is None
     with pytest.raises(ConfigError, match="max_slab_voxels"):
         config_from_dict({"inference": {"max_slab_voxels": -1}})

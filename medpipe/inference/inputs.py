@@ -18,7 +18,7 @@ from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.dicom.provenance import DicomProvenance
 from medpipe.io.geometry import Grid, require_same_grid
 from medpipe.io.intensity import HuCheck, check_ct_hu
-from medpipe.io.nifti import case_id_from_path, is_nifti_path, load_nifti
+from medpipe.io.nifti import case_id_from_path, inspect_nifti, is_nifti_path, load_nifti
 from medpipe.runtime import sha256_files
 
 
@@ -219,9 +219,11 @@ def load_case(case: InputCase, n_channels: int, dicom_options: DicomOptions | No
 
 def _stored_integer_type(path: Path) -> type:
     """The integer type a NIfTI file stores its voxels in when that type has at most 16 bits and no scaling
-    applies (reading it as is is exact), else float32."""
+    applies (reading it as is is exact), else float32. The header is validated first (a broken file is an
+    :class:`InputError` naming it)."""
     import nibabel as nib
 
+    inspect_nifti(path)
     img: Any = nib.load(str(path))
     dtype = np.dtype(img.get_data_dtype())
     # nibabel keeps the scaling on the array proxy (the loaded header's copy is cleared)

@@ -188,3 +188,13 @@ def test_integer_voxels_kept_exactly(tmp_path: Path) -> None:
     nib.save(scaled, str(tmp_path / "scaled.nii.gz"))
     got = load_case(collect_inputs([tmp_path / "scaled.nii.gz"], ("CT",))[0], 1, keep_integers=True)
     assert got.array.dtype == np.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_split_on_cuda_matches_whole(tmp_path: Path, runs: dict[str, Path]) -> None:
+    """fp16 stitching on the device: the slabs' cores are stitched into the same scores as the whole scan."""
+    path, _ = scan(tmp_path, "oblique")
+    seg = Predictor(runs["ct"], "cuda")
+    whole, split = whole_and_split(seg, read(path, seg))
+    assert split.details.split is not None and split.details.memory_rung == "device"
+    assert (split.labels != whole.labels).mean() < 1e-3

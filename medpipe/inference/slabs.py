@@ -1,7 +1,7 @@
 """Long scans in slabs: read, preprocess and run the network on one slab of a scan at a time.
 
 A scan with more voxels than ``inference.max_slab_voxels`` is split along its slice axis (the source array's
-third axis) so that neither its float32 copy nor the preprocessing transients nor the sliding window's buffers
+third axis) so that neither a float copy of it nor the preprocessing transients nor the sliding window's buffers
 are ever held for the whole scan. The slabs are cut on the network grid, never on the source grid:
 
 1. **The network grid of the whole scan** is computed without touching voxels (MONAI's ``Orientation`` and
@@ -17,10 +17,15 @@ are ever held for the whole scan. The slabs are cut on the network grid, never o
    itself spans every window that covers a voxel of its core (a margin of one window stride on each side, half
    the patch at overlap 0.5). MONAI places exactly those windows on the slab, so each core voxel gets the same
    windows, Gaussian weights and summation order as in the whole volume: the stitched scores equal the unsplit
-   ones up to float rounding of the resampling coordinates. Mirror TTA along the split axis is the exception:
-   a mirrored slab's windows start from its other end (within a margin of one stride; close, not equal).
-4. Each slab's source range along the slice axis is derived from the slab's corners (plus the voxels linear
-   interpolation reads), so slabs of oblique and flipped grids are resampled from every source voxel they need.
+   ones up to float rounding (the same windows run in other batches of ``sw_batch_size``; z-score statistics are
+   summed in float64). A mirror pass that flips the split axis sees the windows of the flipped
+   grid, which start from the other end: the slab also spans those over its core, and such a pass runs on that
+   part of the slab (:meth:`Slab.extent`), so mirror TTA is exact too.
+4. **Each slab reads only the source slices it needs**: its range along the slice axis comes from the slab's
+   corners (plus the voxels linear interpolation reads), so slabs of oblique and flipped grids get every source
+   voxel they need. The orientation is applied to a view of the stored voxels and the resampling runs in float64
+   on one copy of the slab, as whole-volume preprocessing does: the slab's network-grid values are bit-identical
+   to the whole volume's.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from medpipe.errors import ConfigError
 from medpipe.inference.batch import infer
 from medpipe.inference.inputs import LoadedCase, collect_inputs, load_case
 from medpipe.inference.predictor import Prediction, Predictor
+from medpipe.inference.sidecar import InferenceSidecar
 from medpipe.inference.slabs import NetworkGrid, plan_slabs, window_starts
 from medpipe.io.geometry import Grid, check_on_grid, grid_of
 from tests.conftest import make_affine, save_nifti, sphere_phantom
@@ -132,11 +133,14 @@ def test_infer_split_lands_on_source_grid(tmp_path: Path) -> None:
         masks[name] = np.asarray(back.dataobj)
         side = json.loads((tmp_path / name / "flipped.json").read_text())
         assert side["memory"]["host_rss_peak_mb"] > 0
+        record = InferenceSidecar.from_json(side)
+        assert record.to_json() == side  # the split survives the round trip
         if name == "split":
             assert side["split"]["n_slabs"] >= 2 and side["split"]["network_axis"] == 2
             assert side["split"]["margin_vox"] > 0 and side["split"]["max_slab_voxels"] == BUDGET
+            assert record.details.split is not None and record.details.split.n_slabs == side["split"]["n_slabs"]
         else:
-            assert side["split"] is None
+            assert side["split"] is None and record.details.split is None
     assert np.array_equal(masks["split"], masks["whole"])
 
 

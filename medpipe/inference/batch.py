@@ -273,7 +273,7 @@ def open_case(seg: Predictor, case: InputCase, out_dir: Path, options: CaseOptio
     training range."""
     seen = reserved if reserved is not None else set()
     t0 = time.perf_counter()
-    loaded = load_case(case, seg.cfg.in_channels, options.dicom_options)
+    loaded = load_case(case, seg.cfg.in_channels, options.dicom_options, keep_integers=True)
     if loaded.case_id in seen:
         raise InputError(f"output name collision: two inputs give case '{loaded.case_id}'",
                          path=case.files[0] if case.files else case.dicom_dir)

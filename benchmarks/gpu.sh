@@ -33,7 +33,8 @@ step() {  # step NAME LIMIT_S COMMAND...
   echo "$name: exit $rc in $(( $(date +%s) - t0 )) s" | tee -a "$LOG/steps.log"
 }
 
-step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/training/test_cuda.py tests/inference/test_cuda.py
+step tests 180 "$PY" -m pytest -q -p no:cacheprovider tests/training/test_cuda.py tests/inference/test_cuda.py \
+    "tests/inference/test_slabs.py::test_split_on_cuda_matches_whole"
 step train_step 90 "$PY" benchmarks/train_throughput.py --device cuda --rounds 2
 step train 90 "$PY" -m medpipe.cli train pipelines/sample-ct.yaml --out "$LOG/run" --device cuda --epochs 6
 step e2e 90 "$PY" benchmarks/infer_e2e.py --run "$LOG/run" --device cuda --repeats 2

@@ -11,7 +11,11 @@ nnU-Net runs in its own venv (``pip install torch==2.13.0 nnunetv2``; default /w
 ``predict_single_npy_array`` (read with its NibabelIO, preprocess, predict, export the mask to a file), all in one
 process. It is nnU-Net's documented single-case entry point; ``predict_from_files`` adds worker processes.
 
+medpipe runs twice on the same volume and weights: with its default ``inference.max_slab_voxels`` (the scan is
+split into slabs along its slice axis) and with ``max_slab_voxels: 0`` (run whole, as before the split).
+
     python benchmarks/infer_memory.py [--shape 512 512 1000] [--nnunet-python /work/venv-nnunet/bin/python]
+        [--skip-nnunet] [--max-slab-voxels N]
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def make_volume(out: Path, shape: tuple[int, int, int], spacing_mm: float = 0.7)
     return out
 
 
-def make_medpipe_model(run: Path) -> int:
+def make_medpipe_model(run: Path, max_slab_voxels: int | None = None) -> int:
     import torch
 
     from medpipe.config import load_config
@@ -66,6 +70,8 @@ def make_medpipe_model(run: Path) -> int:
     from medpipe.models.factory import build_model
 
     cfg = load_config(REPO / "pipelines" / "sample-ct.yaml")
+    if max_slab_voxels is not None:
+        cfg = cfg.with_overrides(inference={"max_slab_voxels": max_slab_voxels})
     torch.manual_seed(0)
     net = build_model(cfg)
     run.mkdir(parents=True, exist_ok=True)
@@ -82,7 +88,35 @@ def worker_medpipe(run: Path, image: Path, out: Path) -> dict:
     if case.status != "ok":
         raise SystemExit(f"medpipe failed: {case.error}")
     side = json.loads((out / f"{case.case_id}.json").read_text())
-    return {"seconds": time.perf_counter() - t0, "network_grid": side["network_grid"]["shape"]}
+    return {"seconds": time.perf_counter() - t0, "network_grid": side["network_grid"]["shape"],
+            "split": side.get("split"), "timings_s": side["timings_s"], "memory": side.get("memory")}
+
+
+def worker_mask(run: Path, image: Path, out: Path) -> dict:
+    """The stages of ``infer`` up to the written mask (read, preprocess, network, export, write), without the
+    lesion table, QC and sidecar that follow: the peak this part alone needs."""
+    from medpipe.inference.export import write_mask
+    from medpipe.inference.inputs import collect_inputs, ct_intensity_check, load_case
+    from medpipe.inference.memory import host_peak_mb
+    from medpipe.inference.predictor import Predictor
+
+    t0 = time.perf_counter()
+    seg = Predictor(run, "cpu")
+    loaded = load_case(collect_inputs([image], seg.cfg.channels)[0], seg.cfg.in_channels, keep_integers=True)
+    ct_intensity_check(loaded)
+    t1 = time.perf_counter()
+    net = seg.prepare(loaded)
+    t2 = time.perf_counter()
+    ens = seg.run_network(net)
+    t3 = time.perf_counter()
+    pred = seg.finish(loaded, net, ens)
+    out.mkdir(parents=True, exist_ok=True)
+    write_mask(out / "case.nii.gz", pred.labels, loaded.grid)
+    t4 = time.perf_counter()
+    split = pred.details.split
+    return {"seconds": t4 - t0, "read_s": t1 - t0, "prepare_s": t2 - t1, "network_s": t3 - t2, "export_s": t4 - t3,
+            "peak_mb": host_peak_mb(), "split": split.to_json() if split else None,
+            "network_grid": list(pred.details.network_shape)}
 
 
 def worker_nnunet(image: Path, out: Path) -> dict:  # runs in the nnU-Net venv: no medpipe, no MONAI
@@ -155,11 +189,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", type=int, nargs=3, default=[512, 512, 1000])
     ap.add_argument("--nnunet-python", default="/work/venv-nnunet/bin/python")
-    ap.add_argument("--worker", choices=["medpipe", "nnunet"], help=argparse.SUPPRESS)
+    ap.add_argument("--skip-nnunet", action="store_true", help="medpipe only (split and whole)")
+    ap.add_argument("--max-slab-voxels", type=int, default=None, help="the split run's setting (default: config's)")
+    ap.add_argument("--mask-only", action="store_true",
+                    help="medpipe only, split and whole, up to the written mask (no lesion table, QC, sidecar)")
+    ap.add_argument("--worker", choices=["medpipe", "mask", "nnunet"], help=argparse.SUPPRESS)
     ap.add_argument("--paths", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker == "medpipe":
         print(json.dumps(worker_medpipe(*map(Path, args.paths))))
+        return
+    if args.worker == "mask":
+        print(json.dumps(worker_mask(*map(Path, args.paths))))
         return
     if args.worker == "nnunet":
         print(json.dumps(worker_nnunet(*map(Path, args.paths))))
@@ -172,18 +213,35 @@ def main() -> None:
         print(f"volume {shape} at 0.7 mm built in {time.perf_counter() - t:.0f} s "
               f"({image.stat().st_size / 2**20:.0f} MiB on disk, {2 * int.__mul__(*shape[:2]) * shape[2] / 2**20:.0f} "
               "MiB as int16)", flush=True)
-        n_params = make_medpipe_model(tmp / "run")
+        n_params = make_medpipe_model(tmp / "run", args.max_slab_voxels)
+        make_medpipe_model(tmp / "run_whole", 0)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        if args.mask_only:
+            for name in ("run", "run_whole"):
+                got, rss = run_worker(sys.executable, ["--worker", "mask", "--paths", str(tmp / name), str(image),
+                                                       str(tmp / f"out_{name}")], env)
+                print(f"medpipe {name} up to the mask: peak RSS {rss:.0f} MiB, {json.dumps(got)}", flush=True)
+            return
         med, med_rss = run_worker(sys.executable, ["--worker", "medpipe", "--paths", str(tmp / "run"), str(image),
                                                    str(tmp / "out_medpipe")], env)
-        print(f"medpipe done: {med_rss:.0f} MiB, {med['seconds']:.0f} s", flush=True)
+        print(f"medpipe (split) done: {med_rss:.0f} MiB, {med['seconds']:.0f} s, {json.dumps(med)}", flush=True)
+        whole, whole_rss = run_worker(sys.executable, ["--worker", "medpipe", "--paths", str(tmp / "run_whole"),
+                                                       str(image), str(tmp / "out_whole")], env)
+        print(f"medpipe (whole) done: {whole_rss:.0f} MiB, {whole['seconds']:.0f} s, {json.dumps(whole)}", flush=True)
+        if args.skip_nnunet:
+            print(f"\nCPU, {os.cpu_count()} cores; volume {shape} int16 at 0.7 mm; network grid {med['network_grid']}")
+            print(f"{'':<28}{'peak RSS (MiB)':>16}{'time (s)':>10}")
+            print(f"{'medpipe infer, split':<28}{med_rss:>16.0f}{med['seconds']:>10.0f}")
+            print(f"{'medpipe infer, whole':<28}{whole_rss:>16.0f}{whole['seconds']:>10.0f}")
+            return
         nn_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         nn_env.update({"nnUNet_raw": str(tmp), "nnUNet_preprocessed": str(tmp), "nnUNet_results": str(tmp)})
         nnu, nnu_rss = run_worker(args.nnunet_python, ["--worker", "nnunet", "--paths", str(image),
                                                        str(tmp / "out_nnunet")], nn_env)
     print(f"\nCPU, {os.cpu_count()} cores; volume {shape} int16 at 0.7 mm; network grid {med['network_grid']}")
     print(f"{'':<28}{'peak RSS (MiB)':>16}{'time (s)':>10}{'parameters':>12}")
-    print(f"{'medpipe infer':<28}{med_rss:>16.0f}{med['seconds']:>10.0f}{n_params:>12,}")
+    print(f"{'medpipe infer, split':<28}{med_rss:>16.0f}{med['seconds']:>10.0f}{n_params:>12,}")
+    print(f"{'medpipe infer, whole':<28}{whole_rss:>16.0f}{whole['seconds']:>10.0f}{n_params:>12,}")
     print(f"{'nnU-Net v2 nnUNetPredictor':<28}{nnu_rss:>16.0f}{nnu['seconds']:>10.0f}{nnu['parameters']:>12,}")
     print(f"ratio medpipe / nnU-Net: peak RSS {med_rss / nnu_rss:.2f}, time {med['seconds'] / nnu['seconds']:.2f}")
 

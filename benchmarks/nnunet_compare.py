@@ -8,7 +8,9 @@ psutil) are recorded per case. Masks are compared voxel by voxel (Dice per label
         --nnunet-python /work/venv-nnunet/bin/python --folds 0 [--no-tta] [--repeats 2]
 
 IMAGES_DIR holds nnU-Net-named inputs (``<case>_0000.nii.gz``). ``--nnunet-python`` is a Python that has
-nnunetv2 installed (it may be a separate venv); medpipe runs under the current interpreter.
+nnunetv2 installed (it may be a separate venv); medpipe runs under the current interpreter. medpipe's side is
+``medpipe import nnunet`` once (not timed), then ``medpipe infer PACKAGE`` per case (mask, sidecar, QC, lesion
+table); ``--legacy`` times the deprecated ``medpipe infer-nnunet`` on the result folder instead (mask only).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def main() -> None:
     ap.add_argument("--folds", nargs="+", default=["0"])
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--legacy", action="store_true", help="time medpipe infer-nnunet on the result folder")
+    ap.add_argument("--allow-non-hu", action="store_true", help="medpipe infer: inputs that are not CT in HU")
     args = ap.parse_args()
 
     cases = sorted(p for p in args.images.iterdir() if p.name.endswith("_0000.nii.gz"))
@@ -78,6 +82,10 @@ def main() -> None:
     env.setdefault("nnUNet_preprocessed", str(work))
     env.setdefault("nnUNet_results", str(work))
     nn_bin = str(Path(args.nnunet_python).parent / "nnUNetv2_predict_from_modelfolder")
+    package = work / "model.zip"
+    if not args.legacy:
+        subprocess.run([sys.executable, "-m", "medpipe", "import", "nnunet", str(args.model), "-o", str(package),
+                        *[a for f in args.folds for a in ("--folds", f)]], check=True, env=env)
     rows = []
     for case in cases:
         cid = case.name[: -len("_0000.nii.gz")]
@@ -92,14 +100,19 @@ def main() -> None:
                 if tool == "nnunet":
                     cmd = [nn_bin, "-i", str(single), "-o", str(out), "-m", str(args.model), "-f", *args.folds,
                            "-device", "cpu", "--disable_progress_bar"] + (["--disable_tta"] if args.no_tta else [])
-                else:
+                elif args.legacy:
                     cmd = [sys.executable, "-m", "medpipe", "infer-nnunet", str(args.model), str(single), "-o",
                            str(out), "--device", "cpu", *[a for f in args.folds for a in ("--folds", f)]] + \
                           (["--no-tta"] if args.no_tta else [])
+                else:
+                    cmd = [sys.executable, "-m", "medpipe", "infer", str(package), str(single), "-o", str(out),
+                           "--device", "cpu", "--overwrite", "--tta", "none" if args.no_tta else "all"] + \
+                          (["--allow-non-hu"] if args.allow_non_hu else [])
                 wall, rss = run_measured(cmd, env)
                 if tool not in best or wall < best[tool][0]:
                     best[tool] = (wall, max(rss, best.get(tool, (0, 0))[1]) if tool in best else rss)
-        a = np.asarray(nib.load(work / "medpipe" / cid / f"{cid}.nii.gz").dataobj)
+        ours = work / "medpipe" / cid / (f"{cid}.nii.gz" if args.legacy else f"{cid}_0000.nii.gz")
+        a = np.asarray(nib.load(ours).dataobj)
         b = np.asarray(nib.load(work / "nnunet" / cid / f"{cid}.nii.gz").dataobj)
         rows.append((cid, best["nnunet"], best["medpipe"], int((a != b).sum()), a.size, dice_per_label(a, b)))
         print(f"{cid}: {rows[-1]}", flush=True)

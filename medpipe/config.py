@@ -165,6 +165,11 @@ class InferenceConfig:
     qc: QCConfig = field(default_factory=QCConfig)
     #: Lesion table (``<case>.lesions.csv``): connected components below this volume (mL) are not listed.
     min_lesion_ml: float = 0.0
+    #: Scans with more voxels than this (per channel) are read, preprocessed and run through the network in slabs
+    #: along their slice axis, each holding about this many voxels at most (source or network grid), with an
+    #: overlap margin (docs/inference.md, "Long scans"). 0: never split. Default 128 Mi (a 512 x 512 x 512 block;
+    #: preprocessing a slab holds about 8 bytes per source voxel of it, ~1 GiB).
+    max_slab_voxels: int = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -387,6 +392,9 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
         raise bad("inference.overlap", f"must be in [0, 1), found {cfg.inference.overlap}")
     if cfg.inference.min_lesion_ml < 0:
         raise bad("inference.min_lesion_ml", f"must be at least 0, found {cfg.inference.min_lesion_ml}")
+    if cfg.inference.max_slab_voxels < 0:
+        raise bad("inference.max_slab_voxels", f"must be at least 0 (0: never split), found "
+                  f"{cfg.inference.max_slab_voxels}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise bad("data.val_fraction", f"must be in (0, 1), found {cfg.data.val_fraction}")
     for name, values in cfg.regions.items():

@@ -25,13 +25,14 @@ class ModelIdentity:
 
 
 def open_predictor(model: Path, options: dict[str, Any], device: str | None = None) -> Any:
-    """A loaded :class:`medpipe.inference.predictor.Predictor` for ``model`` (run folder or checkpoint) with the
-    batch's inference options; ``device`` overrides ``options['device']`` (the submitter reads the identity on
-    the CPU)."""
-    from medpipe.inference.predictor import Predictor, find_checkpoint
+    """A loaded :class:`medpipe.inference.predictor.Predictor` for ``model`` (run folder, checkpoint or package;
+    an nnU-Net package gets its own predictor) with the batch's inference options; ``device`` overrides
+    ``options['device']`` (the submitter reads the identity on the CPU)."""
+    from medpipe.inference.nnunet_package import predictor_for
+    from medpipe.inference.predictor import find_checkpoint
 
-    return Predictor(find_checkpoint(model), device or options.get("device", "auto"), options.get("overlap"),
-                     options.get("sw_batch_size"))
+    return predictor_for([find_checkpoint(model)], device or options.get("device", "auto"), options.get("overlap"),
+                         options.get("sw_batch_size"))
 
 
 def identity(predictor: Any) -> ModelIdentity:

@@ -50,3 +50,25 @@ def import_monai_bundle(
     with handled():
         manifest = run_import(bundle, out_path, licence=licence)
     out.print(f"[green]wrote[/] {out_path} ({manifest.architecture.name}, {len(manifest.labels)} labels)")
+
+
+@import_app.command("nnunet")
+def import_nnunet(
+    results: Annotated[Path, typer.Argument(help="An nnU-Net v2 result folder: "
+                                                 "RESULTS/DatasetXXX_Name/TRAINER__PLANS__CONFIG.")],
+    out_path: Output,
+    folds: Annotated[list[str] | None, typer.Option(
+        "--folds", "-f", help="Folds to import (repeat, or '0,1'; 'all' for fold_all); default: every "
+                              "fold_*/checkpoint_final.pth found.")] = None,
+    licence: Licence = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: DATASET__CONFIGURATION).")] = None,
+) -> None:
+    """Turn an nnU-Net v2 model into a medpipe package (plans, labels, weights as safetensors), reading its
+    checkpoints with weights_only and its postprocessing from JSON: nothing is unpickled."""
+    from medpipe.models.importers.nnunet_package import import_nnunet_package
+
+    chosen = [f.strip() for item in folds for f in item.replace(",", " ").split()] if folds else None
+    with handled():
+        manifest = import_nnunet_package(results, out_path, chosen, licence=licence, name=name)
+    out.print(f"[green]wrote[/] {out_path} ({manifest.architecture.name}, {len(manifest.folds)} fold(s), "
+              f"{len(manifest.labels)} labels)")

@@ -1,4 +1,6 @@
-"""``medpipe import-nnunet`` and ``medpipe infer-nnunet``: nnU-Net v2 result folders, read safely and run exactly."""
+"""``medpipe import-nnunet`` and ``medpipe infer-nnunet`` (deprecated): nnU-Net v2 result folders, read safely and
+run exactly. ``medpipe import nnunet`` (a package) and ``medpipe infer PACKAGE`` replace them; these stay for the
+folder workflow and the direct run on a result folder."""
 
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ from medpipe.cli.options import Device
 Folds = Annotated[list[str] | None, typer.Option("--folds", "-f", help="Folds to use (repeat); default: all found.")]
 
 
-@app.command("import-nnunet")
+@app.command("import-nnunet", deprecated=True)
 def import_nnunet(
     results: Annotated[Path, typer.Argument(help="RESULTS/DatasetXXX_Name/TRAINER__PLANS__CONFIG folder.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for nnunet.json + fold_<k>.safetensors.")],
     folds: Folds = None,
 ) -> None:
-    """Import an nnU-Net v2 model: plans, labels and weights, without unpickling anything."""
+    """Import an nnU-Net v2 model into a folder (deprecated: use `medpipe import nnunet RESULTS -o NAME.zip`)."""
     from medpipe.models.importers.nnunet import IMPORT_MANIFEST
     from medpipe.models.importers.nnunet import import_nnunet as run_import
 
@@ -28,7 +30,7 @@ def import_nnunet(
     out.print(f"imported {results} -> {folder / IMPORT_MANIFEST}", markup=False, highlight=False)
 
 
-@app.command("infer-nnunet")
+@app.command("infer-nnunet", deprecated=True)
 def infer_nnunet(
     model: Annotated[Path, typer.Argument(help="An import-nnunet folder, or an nnU-Net result folder.")],
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI files (<case>_0000.nii.gz ...), folders, DICOM folders.")],
@@ -39,7 +41,8 @@ def infer_nnunet(
     accumulate: Annotated[str, typer.Option(help="Tile accumulation: float16 (as nnU-Net) or float32.")] = "float16",
     device: Device = "auto",
 ) -> None:
-    """Segment scans with an imported nnU-Net model, as nnUNetv2_predict would; masks on each input's grid."""
+    """Segment scans with an import-nnunet folder or an nnU-Net result folder, as nnUNetv2_predict would
+    (deprecated: use `medpipe infer NAME.zip`)."""
     from medpipe.inference.nnunet import predict_nnunet
     from medpipe.runtime import resolve_device
 

@@ -296,11 +296,10 @@ def render_model_card(card: dict[str, Any]) -> Any:
         ("format", m["format"]),
         ("architecture", f"{arch['name']}{' (slice-wise 2D)' if arch.get('slice_wise') else ''} "
                          + ", ".join(f"{k}={v}" for k, v in arch["args"].items() if k in
-                                     ("channels", "filters", "strides", "feature_size", "init_filters"))),
+                                     ("channels", "filters", "strides", "feature_size", "init_filters",
+                                      "features_per_stage"))),
         ("inputs", ", ".join(f"{c['index']}: {c['name']} ({c['modality']})" for c in m["channels"])),
-        ("preprocessing", f"{pre['kind']}: orientation {pre['orientation']}, spacing "
-                          f"{' x '.join(f'{s:g}' for s in pre['target_spacing_mm'])} mm, "
-                          f"crop to foreground {'yes' if pre['crop_foreground'] else 'no'}"),
+        ("preprocessing", _preprocessing_line(pre)),
         ("normalisation", norms),
         ("sliding window", f"patch {'x'.join(map(str, sw['patch_size_vox']))}, overlap {sw['overlap']:g}, "
                            f"{sw['blend']} blend"),
@@ -327,6 +326,20 @@ def render_model_card(card: dict[str, Any]) -> Any:
         metrics = ", ".join(f"{k} {v:g}" if isinstance(v, int | float) else f"{k} -" for k, v in f["metrics"].items())
         folds.add_row(str(f["fold"]), f["weights"], f.get("onnx") or "-", metrics or "-")
     return Group(head, labels, folds)
+
+
+def _preprocessing_line(pre: dict[str, Any]) -> str:
+    spacing = " x ".join(f"{s:g}" for s in pre["target_spacing_mm"])
+    if pre["kind"] != "nnunet":
+        return (f"{pre['kind']}: orientation {pre['orientation']}, spacing {spacing} mm, "
+                f"crop to foreground {'yes' if pre['crop_foreground'] else 'no'}")
+    p = pre["params"]
+    res = p["resampling"]
+    return (f"nnunet: file voxel order transposed {p['transpose_forward']}, crop to non-zero, spacing {spacing} mm, "
+            f"resampling data order {res['data']['order']} (z {res['data']['order_z']}), logits order "
+            f"{res['probabilities']['order']} (z {res['probabilities']['order_z']}), separate z above anisotropy "
+            f"{p['anisotropy_threshold']:g}; tiles step {p['tile_step_size']:g}, Gaussian sigma "
+            f"{p['gaussian_sigma_scale']:g} x patch, {p['accumulate']} accumulation")
 
 
 def _code(code: dict[str, str] | None) -> str:

@@ -11,8 +11,10 @@ import numpy as np
 from medpipe.io.geometry import Grid
 
 
-def overlay_png(image: np.ndarray, heat: np.ndarray, target: np.ndarray, grid: Grid, title: str) -> bytes:
-    """``image``, ``heat`` (in [0, 1]) and bool ``target``: (I, J, K) arrays on ``grid``."""
+def overlay_png(image: np.ndarray, heat: np.ndarray, target: np.ndarray, grid: Grid, title: str,
+                outline: str = "target region") -> bytes:
+    """``image``, ``heat`` (in [0, 1]) and bool ``target``: (I, J, K) arrays on ``grid``; ``outline``: what the
+    cyan contour of ``target`` is, for the title."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -46,7 +48,7 @@ def overlay_png(image: np.ndarray, heat: np.ndarray, target: np.ndarray, grid: G
     if shown is not None:
         bar = fig.colorbar(shown, ax=fig.axes, shrink=0.8, pad=0.01)
         bar.ax.tick_params(colors="#dddddd", labelsize=8)
-    fig.suptitle(f"{title} (cyan: target region)", color="#dddddd", fontsize=11)
+    fig.suptitle(f"{title} (cyan: {outline})", color="#dddddd", fontsize=11)
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, facecolor=fig.get_facecolor())

@@ -21,9 +21,11 @@ from medpipe.inference.classify import ClassifiedCase, classify_cases
 from medpipe.inference.export import write_mask
 from medpipe.inference.inputs import InputCase, LoadedCase, collect_inputs, ct_intensity_check, load_case
 from medpipe.inference.memory import peaks, reset_peaks
+from medpipe.inference.nnunet_package import predictor_for
 from medpipe.inference.outputs import extra_outputs, write_extras
 from medpipe.inference.pipeline import Finished, run_pipelined
 from medpipe.inference.predictor import EnsembleScores, Prediction, Predictor
+from medpipe.inference.probabilities import own_label_probability
 from medpipe.inference.push import PushTarget, preflight, push_case
 from medpipe.inference.sidecar import (
     CasePush,
@@ -135,7 +137,7 @@ def infer(run: Path | Sequence[Path], inputs: list[Path], out_dir: Path, *, devi
         preflight(push)
     ensure_writable_dir(out_dir)
     runs = [Path(run)] if isinstance(run, str | Path) else [Path(r) for r in run]
-    seg = Predictor(runs, device, overlap, sw_batch_size, engine, folds=folds, tta=tta)
+    seg = predictor_for(runs, device, overlap, sw_batch_size, engine, folds=folds, tta=tta)  # nnU-Net packages too
     if seg.cfg.is_classification:  # a classifier: predictions.csv + sidecars (medpipe.inference.classify)
         extras = [n for n, on in (("--format", formats != ("nifti",)), ("--push", push is not None),
                                   ("--save-probabilities", save_probabilities),
@@ -271,7 +273,7 @@ def open_case(seg: Predictor, case: InputCase, out_dir: Path, options: CaseOptio
     training range."""
     seen = reserved if reserved is not None else set()
     t0 = time.perf_counter()
-    loaded = load_case(case, seg.cfg.in_channels, options.dicom_options)
+    loaded = load_case(case, seg.cfg.in_channels, options.dicom_options, keep_integers=True)
     if loaded.case_id in seen:
         raise InputError(f"output name collision: two inputs give case '{loaded.case_id}'",
                          path=case.files[0] if case.files else case.dicom_dir)
@@ -299,8 +301,9 @@ def write_case(seg: Predictor, opened: Opened, out_dir: Path, options: CaseOptio
     mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", pred.labels, loaded.grid)
     written = dicom_outputs.write_dicom_outputs(loaded, pred.labels, out_dir, options.formats, cfg=seg.cfg,
                                                 model_sha256=seg.model_sha256, seg_type=options.seg_type)
+    own = own_label_probability(pred.scores, loaded.grid, pred.labels, seg.label_values)  # each lesion's own label
     lesions = write_lesions(out_dir / f"{loaded.case_id}.lesions.csv", pred.labels, loaded.grid, seg.cfg.labels,
-                            seg.cfg.inference.min_lesion_ml)
+                            seg.cfg.inference.min_lesion_ml, dict.fromkeys(seg.label_values, own))
     qc, maps = write_extras(seg, pred, loaded, out_dir, options.save_probabilities, options.save_uncertainty)
     memory = peaks(seg.device)
     seconds = time.perf_counter() - opened.t0
@@ -320,7 +323,8 @@ def build_sidecar(seg: Predictor, case: LoadedCase, mask: Path, details: Segment
     inf = seg.cfg.inference
     return InferenceSidecar(
         case=case.case_id, mask=mask.name, input_sha256=case.input_sha256,
-        model=ModelRef(seg.checkpoint.name, seg.model_sha256, seg.cfg.model.arch, len(seg.model_set.models)),
+        model=ModelRef(seg.checkpoint.name, seg.model_sha256, getattr(seg, "arch_name", seg.cfg.model.arch),
+                       len(seg.model_set.models)),
         config_hash=seg.cfg.digest(),
         labels=dict(seg.cfg.labels), source_grid=case.grid, device=seg.device,
         sliding_window=SlidingWindowSettings(tuple(inf.roi_size_vox), inf.overlap, inf.sw_batch_size, inf.blend),

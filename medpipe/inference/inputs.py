@@ -18,7 +18,7 @@ from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.dicom.provenance import DicomProvenance
 from medpipe.io.geometry import Grid, require_same_grid
 from medpipe.io.intensity import HuCheck, check_ct_hu
-from medpipe.io.nifti import case_id_from_path, is_nifti_path, load_nifti
+from medpipe.io.nifti import case_id_from_path, inspect_nifti, is_nifti_path, load_nifti
 from medpipe.runtime import sha256_files
 
 
@@ -83,7 +83,8 @@ class InputProvenance:
 
 @dataclass(frozen=True)
 class LoadedCase:
-    """A read case: ``array`` is (C, I, J, K) float32 on ``grid``; ``provenance`` says how it was read;
+    """A read case: ``array`` is (C, I, J, K) on ``grid``, float32 (or, read with ``keep_integers``, the file's
+    integer type when it stores integers of at most 16 bits without scaling); ``provenance`` says how it was read;
     ``dicom_files``: for a DICOM series, its files in slice order (what DICOM outputs reference)."""
 
     case_id: str
@@ -187,13 +188,17 @@ def _group_channels(files: list[Path], channels: tuple[str, ...]) -> list[InputC
     return out
 
 
-def load_case(case: InputCase, n_channels: int, dicom_options: DicomOptions | None = None) -> LoadedCase:
-    """Read and validate one case."""
+def load_case(case: InputCase, n_channels: int, dicom_options: DicomOptions | None = None, *,
+              keep_integers: bool = False) -> LoadedCase:
+    """Read and validate one case. ``keep_integers``: NIfTI voxels stored as integers of at most 16 bits without
+    scaling stay in that type (exact, and half or a quarter of float32's memory; preprocessing converts slab by
+    slab); otherwise float32."""
     if case.dicom_dir is not None:
         return _load_dicom(case, n_channels, dicom_options or DicomOptions())
     arrays, grid, transform = [], None, None
     for f in case.files:
-        data, info = load_nifti(f, allow_4d=n_channels > 1 and len(case.files) == 1)
+        data, info = load_nifti(f, allow_4d=n_channels > 1 and len(case.files) == 1,
+                                dtype=_stored_integer_type(f) if keep_integers else np.float32)
         g = Grid((info.shape[0], info.shape[1], info.shape[2]), info.affine)
         if grid is None:
             grid, transform = g, info.transform_record()
@@ -204,8 +209,28 @@ def load_case(case: InputCase, n_channels: int, dicom_options: DicomOptions | No
         raise InputError("case has no image files", path=case.case_id)
     if len(arrays) != n_channels:
         raise InputError(f"{len(arrays)} channels, the model expects {n_channels}", path=case.files[0])
-    return LoadedCase(case.case_id, np.stack(arrays), grid, sha256_files(list(case.files)),
+    if len({a.dtype for a in arrays}) > 1:
+        arrays = [a.astype(np.float32, copy=False) for a in arrays]
+    # one channel: a view, not a second copy of the volume
+    stacked = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+    return LoadedCase(case.case_id, stacked, grid, sha256_files(list(case.files)),
                       InputProvenance(spatial_transform=SpatialTransform.of(transform)), case.files)
+
+
+def _stored_integer_type(path: Path) -> type:
+    """The integer type a NIfTI file stores its voxels in when that type has at most 16 bits and no scaling
+    applies (reading it as is is exact), else float32. The header is validated first (a broken file is an
+    :class:`InputError` naming it)."""
+    import nibabel as nib
+
+    inspect_nifti(path)
+    img: Any = nib.load(str(path))
+    dtype = np.dtype(img.get_data_dtype())
+    # nibabel keeps the scaling on the array proxy (the loaded header's copy is cleared)
+    unscaled = float(img.dataobj.slope) == 1.0 and float(img.dataobj.inter) == 0.0
+    if unscaled and np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
+        return dtype.newbyteorder("=").type
+    return np.float32
 
 
 def ct_intensity_check(case: LoadedCase, *, strict: bool = True) -> HuCheck:

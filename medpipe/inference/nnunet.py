@@ -79,33 +79,41 @@ def _tiles(shape: Sequence[int], patch: Sequence[int], step: float) -> list[tupl
             for c in itertools.product(*starts)]
 
 
-def _predict_tile(network: torch.nn.Module, x: torch.Tensor, mirror_axes: tuple[int, ...] | None) -> torch.Tensor:
-    """Logits of one (1, C, ...) tile, averaged over every non-empty subset of mirrored axes (nnU-Net's order)."""
-    if not mirror_axes:
+def mirror_combinations(mirror_axes: Sequence[int] | None) -> list[tuple[int, ...]]:
+    """nnU-Net's mirrored passes: every non-empty subset of the mirror axes, smallest first (its summation order)."""
+    axes = list(mirror_axes or ())
+    return [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+
+
+def _predict_tile(network: torch.nn.Module, x: torch.Tensor, combos: Sequence[tuple[int, ...]]) -> torch.Tensor:
+    """Logits of one (1, C, ...) tile, averaged with its flips along each of ``combos`` (spatial axes) in nnU-Net's
+    order; the flipped copies go through the network as one batch."""
+    if not combos:
         return network(x)
-    axes = [a + 2 for a in mirror_axes]
-    combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-    batch = torch.cat([x, *[torch.flip(x, c) for c in combos]])
+    dims = [tuple(a + 2 for a in c) for c in combos]
+    batch = torch.cat([x, *[torch.flip(x, d) for d in dims]])
     out = network(batch)
     pred = out[:1].clone()
-    for i, c in enumerate(combos):
-        pred += torch.flip(out[i + 1:i + 2], c)
-    pred /= len(combos) + 1
+    for i, d in enumerate(dims):
+        pred += torch.flip(out[i + 1:i + 2], d)
+    pred /= len(dims) + 1
     return pred
 
 
 def sliding_window_logits(network: torch.nn.Module, data: torch.Tensor, record: NnunetRecord, *, tta: bool,
-                          accumulate: torch.dtype = torch.float16) -> torch.Tensor:
-    """(C, ...) preprocessed volume -> (K, ...) logits on the same grid, nnU-Net's tiling and blending."""
+                          accumulate: torch.dtype = torch.float16,
+                          combos: Sequence[tuple[int, ...]] | None = None) -> torch.Tensor:
+    """(C, ...) preprocessed volume -> (K, ...) logits on the same grid, nnU-Net's tiling and blending.
+    ``tta``: average over :func:`mirror_combinations` of the record's mirror axes (or over ``combos`` if given)."""
     patch = record.patch_size
     padded, revert = _pad_to(data, patch)
-    weights = gaussian_weights(patch, accumulate)
-    logits = torch.zeros((record.num_outputs, *padded.shape[1:]), dtype=accumulate)
-    counts = torch.zeros(padded.shape[1:], dtype=accumulate)
-    mirror = record.mirror_axes if tta else None
+    weights = gaussian_weights(patch, accumulate).to(data.device)
+    logits = torch.zeros((record.num_outputs, *padded.shape[1:]), dtype=accumulate, device=data.device)
+    counts = torch.zeros(padded.shape[1:], dtype=accumulate, device=data.device)
+    passes = (combos if combos is not None else mirror_combinations(record.mirror_axes)) if tta else []
     for sl in _tiles(padded.shape[1:], patch, record.tile_step_size):
         x = padded[sl][None].contiguous()
-        pred = _predict_tile(network, x, mirror)[0]
+        pred = _predict_tile(network, x, passes)[0]
         pred *= weights
         logits[sl] += pred
         counts[sl[1:]] += weights
@@ -138,7 +146,7 @@ def keep_largest_components(seg: np.ndarray, labels_or_regions: Sequence[Any]) -
     return seg
 
 
-def _header_spacing(files: Sequence[Path]) -> tuple[float, ...] | None:
+def header_spacing(files: Sequence[Path]) -> tuple[float, ...] | None:
     """NIfTI pixdim spacing, as nnU-Net's readers take it (affine column norms differ in the last float32 bits,
     which flips nnU-Net's round-half-even shape rule on exact halves)."""
     if not files or not str(files[0]).endswith((".nii", ".nii.gz")):
@@ -210,7 +218,7 @@ class NnunetPredictor:
             loaded = load_case(case, self.record.num_input_channels)
             # medpipe reads (C, I, J, K); nnU-Net's readers hand the network (C, K, J, I) with reversed spacing
             image = np.ascontiguousarray(loaded.array.transpose(0, 3, 2, 1))
-            spacing = tuple(reversed(_header_spacing(loaded.files) or loaded.grid.spacing_mm))
+            spacing = tuple(reversed(header_spacing(loaded.files) or loaded.grid.spacing_mm))
             t1 = time.perf_counter()
             labels = self.segment(image, spacing).transpose(2, 1, 0)
             t2 = time.perf_counter()

@@ -5,6 +5,9 @@ Scores (softmax, or decoded sigmoid regions: :func:`medpipe.labels.label_scores`
 pass are added into one running sum where the window outputs are stitched (the device, or the host on the last rung
 of the memory ladder); the mask is the argmax of the mean. With more than one pass the sum of the passes' entropies
 is kept too, so that the mutual information (pass disagreement) costs nothing more.
+
+A scan with more voxels than ``inference.max_slab_voxels`` is read, preprocessed and run in slabs along its slice
+axis (:mod:`medpipe.inference.slabs`); the slabs' cores are stitched into the same network-grid scores.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from medpipe.config import PipelineConfig
 from medpipe.inference.export import labels_on_grid
 from medpipe.inference.inputs import LoadedCase
 from medpipe.inference.models import ModelSet, find_checkpoint, load_model_set
-from medpipe.inference.sidecar import EnsembleInfo, SegmentDetails
+from medpipe.inference.sidecar import EnsembleInfo, SegmentDetails, SlabSplit
+from medpipe.inference.slabs import Slab, SlabPlan, make_plan, slab_image
 from medpipe.inference.tta import flip_spatial, mirror_passes
 from medpipe.labels import label_scores
 from medpipe.models.trainrange import TrainingRange
@@ -133,18 +137,28 @@ class Predictor:
                     raise
         raise RuntimeError("unreachable")  # pragma: no cover
 
-    def scores(self, image: torch.Tensor) -> EnsembleScores:
-        """Mean scores over every model and mirror pass of a (1, C, X, Y, Z) network-space image."""
+    def scores(self, image: torch.Tensor, first_rung: int = 0, slab: tuple[int, Slab] | None = None
+               ) -> EnsembleScores:
+        """Mean scores over every model and mirror pass of a (1, C, X, Y, Z) network-space image (on CUDA the
+        memory ladder starts at rung ``first_rung``). ``slab`` (split axis, slab) when ``image`` is one slab of a
+        split case: each pass runs on its part of the slab (:meth:`Slab.extent`) and only the core is kept."""
         total: torch.Tensor | None = None
         entropy_sum: torch.Tensor | None = None
         n_total = len(self.model_set.models) * len(self.passes)
-        rung_index, rung = 0, "cpu"
+        rung_index, rung = first_rung, "cpu"
         for member in self.model_set.models:
             for axes in self.passes:
-                logits, rung = self.logits(flip_spatial(image, axes), member.network, rung_index)
+                x, core = image, None
+                if slab is not None:
+                    ax, part = slab
+                    at, n = part.extent(ax in axes)
+                    x, core = image.narrow(ax + 2, at, n), (ax + 1, part.core_lo - part.lo - at)
+                logits, rung = self.logits(flip_spatial(x, axes), member.network, rung_index)
                 rung_index = RUNGS.index(rung) if rung in RUNGS else 0
                 s = flip_spatial(label_scores(logits[0], self.cfg), axes)
                 del logits
+                if core is not None and slab is not None:
+                    s = s.narrow(core[0], core[1], slab[1].core_hi - slab[1].core_lo)
                 if total is None:
                     total = s
                 else:
@@ -158,32 +172,69 @@ class Predictor:
         return EnsembleScores(total / n_total, entropy_sum, n_total, rung)
 
     # ----- one case -----------------------------------------------------------------------------------------
-    def prepare(self, case: LoadedCase) -> MetaTensor:
-        """The case preprocessed onto the network grid: (C, X, Y, Z) with its affine (the read stage)."""
+    def split_scores(self, plan: SlabPlan) -> EnsembleScores:
+        """Mean scores of a split case: each slab preprocessed and run in turn, its core copied into scores of
+        the whole network grid (C, X, Y, Z)."""
+        mean: torch.Tensor | None = None
+        entropy_sum: torch.Tensor | None = None
+        rung_index, rung, n_passes = 0, "cpu", 1
+        ax = plan.axis
+        for slab in plan.slabs:
+            ens = self.scores(slab_image(self.cfg, plan, slab)[None], rung_index, (ax, slab))
+            rung, n_passes = ens.rung, ens.n_passes
+            rung_index = RUNGS.index(rung) if rung in RUNGS else 0
+            n = slab.core_hi - slab.core_lo
+            part = ens.mean
+            if mean is None:
+                mean = part.new_empty((part.shape[0], *plan.grid.shape))
+            mean = mean.to(part.device)
+            mean.narrow(ax + 1, slab.core_lo, n).copy_(part)
+            if ens.entropy_sum is not None:
+                h = ens.entropy_sum
+                entropy_sum = (h.new_empty(plan.grid.shape) if entropy_sum is None else entropy_sum).to(h.device)
+                entropy_sum.narrow(ax, slab.core_lo, n).copy_(h)
+            del ens
+        if mean is None:  # pragma: no cover - a plan has at least two slabs
+            raise RuntimeError("no slab ran")
+        return EnsembleScores(mean, entropy_sum, n_passes, rung)
+
+    def prepare(self, case: LoadedCase) -> MetaTensor | SlabPlan:
+        """The case preprocessed onto the network grid: (C, X, Y, Z) with its affine (the read stage); for a scan
+        larger than ``inference.max_slab_voxels``, the plan of its slabs (whole-volume statistics gathered in a
+        streaming pass; each slab is preprocessed when the network runs it)."""
+        plan = make_plan(self.cfg, case.array, case.grid, tuple({a for p in self.passes for a in p}))
+        if plan is not None:
+            return plan
         if self._pre is None:
             self._pre = preprocess(self.cfg, with_label=False, load=False)
-        img = MetaTensor(torch.from_numpy(case.array), meta={"affine": torch.as_tensor(case.grid.affine)})
+        array = case.array.astype(np.float32, copy=False)  # integer voxels (``keep_integers``) as float32
+        img = MetaTensor(torch.from_numpy(array), meta={"affine": torch.as_tensor(case.grid.affine)})
         return self._pre({"image": img})["image"]
 
-    def finish(self, case: LoadedCase, net_img: MetaTensor, ens: EnsembleScores,
+    def finish(self, case: LoadedCase, net_img: MetaTensor | SlabPlan, ens: EnsembleScores,
                timings: dict[str, float] | None = None) -> Prediction:
         """Export the mean scores onto the case's source grid (the mask) and collect the details."""
         t2 = time.perf_counter()
         probs_mt = MetaTensor(ens.mean, meta={"affine": net_img.affine.to(torch.float64)})
+        split = None
+        if isinstance(net_img, SlabPlan):
+            split = SlabSplit(len(net_img.slabs), net_img.axis, net_img.margin_vox, self.cfg.inference.max_slab_voxels)
         labels = labels_on_grid(probs_mt, case.grid, self.label_values)
         labels = self._postprocess(labels)
         t = timings or {}
         details = SegmentDetails(
-            tuple(int(v) for v in net_img.shape[1:]), tuple(self.cfg.transforms.spacing_mm), ens.rung,
+            tuple(int(v) for v in ens.mean.shape[1:]), tuple(self.cfg.transforms.spacing_mm), ens.rung,
             float(t.get("preprocess", 0.0)), float(t.get("inference", 0.0)), round(time.perf_counter() - t2, 3),
             self.engine, len(self.model_set.models),
             "float16" if self.cfg.inference.amp and self.device.startswith("cuda") else "float32", self.describe(),
+            split,
         )
         return Prediction(labels, probs_mt, ens.entropy_sum, ens.n_passes, details)
 
-    def run_network(self, net_img: MetaTensor) -> EnsembleScores:
-        """The ensemble's mean scores of a preprocessed case (the device stage)."""
-        ens = self.scores(torch.as_tensor(net_img)[None])
+    def run_network(self, net_img: MetaTensor | SlabPlan) -> EnsembleScores:
+        """The ensemble's mean scores of a preprocessed case, or of a split case slab by slab (the device stage)."""
+        ens = (self.split_scores(net_img) if isinstance(net_img, SlabPlan)
+               else self.scores(torch.as_tensor(net_img)[None]))
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         return ens

@@ -21,6 +21,7 @@ source grid is ever held; only the uint8 result is.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -44,15 +45,36 @@ def quantise(p: torch.Tensor) -> np.ndarray:
     return (p.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
-def probabilities_on_grid(scores: MetaTensor, source: Grid) -> np.ndarray:
-    """Mean scores (C, X, Y, Z) on the network grid -> uint8 probabilities (I, J, K, C) on ``source``."""
-    n = int(scores.shape[0])
-    out = np.zeros((*source.shape, n), dtype=np.uint8)
+def _quantised_slabs(scores: MetaTensor, source: Grid) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """Slab by slab along K: ((k0, k1), uint8 (C, I, J, k1 - k0)) probabilities on ``source``, renormalised,
+    background 1 outside the network's field of view."""
     for (k0, k1), part in resampled_slabs(scores, source):
         p = as_distribution(part)
         outside = part.clamp(0.0, 1.0).sum(dim=0) < 1e-6
         p[0][outside] = 1.0
-        out[:, :, k0:k1, :] = np.moveaxis(quantise(p), 0, -1)
+        yield (k0, k1), quantise(p)
+
+
+def probabilities_on_grid(scores: MetaTensor, source: Grid) -> np.ndarray:
+    """Mean scores (C, X, Y, Z) on the network grid -> uint8 probabilities (I, J, K, C) on ``source``."""
+    n = int(scores.shape[0])
+    out = np.zeros((*source.shape, n), dtype=np.uint8)
+    for (k0, k1), q in _quantised_slabs(scores, source):
+        out[:, :, k0:k1, :] = np.moveaxis(q, 0, -1)
+    return out
+
+
+def own_label_probability(scores: MetaTensor, source: Grid, labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """float32 (I, J, K) on ``source``: at each voxel, the probability of the label the mask ``labels`` (I, J, K)
+    gives it, exactly as in :func:`probabilities_on_grid` (byte / 255). ``values``: the label value of each
+    channel. Memory: this one array, whatever the number of classes (the lesion table's mean and maximum
+    probability per lesion read it)."""
+    channel = np.zeros(max(values) + 1, dtype=np.intp)
+    channel[np.asarray(values)] = np.arange(len(values))
+    out = np.zeros(source.shape, dtype=np.float32)
+    for (k0, k1), q in _quantised_slabs(scores, source):
+        own = np.take_along_axis(q, channel[labels[None, :, :, k0:k1]], axis=0)[0]
+        out[:, :, k0:k1] = own.astype(np.float32) * np.float32(SCALE)
     return out
 
 

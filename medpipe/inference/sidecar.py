@@ -146,6 +146,25 @@ class MemoryPeaks:
 
 
 @dataclass(frozen=True)
+class SlabSplit:
+    """How a long scan was split (:mod:`medpipe.inference.slabs`): slabs along one network axis, each run with
+    ``margin_vox`` network voxels (at most) of overlap on either side of the core it keeps."""
+
+    n_slabs: int
+    network_axis: int
+    margin_vox: int
+    max_slab_voxels: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n_slabs": self.n_slabs, "network_axis": self.network_axis, "margin_vox": self.margin_vox,
+                "max_slab_voxels": self.max_slab_voxels}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SlabSplit:
+        return cls(int(d["n_slabs"]), int(d["network_axis"]), int(d["margin_vox"]), int(d["max_slab_voxels"]))
+
+
+@dataclass(frozen=True)
 class SegmentDetails:
     """What the predictor reports for one case: the network grid (shape after preprocessing, target spacing in
     mm), the memory rung the sliding window ran on, and the seconds of each stage."""
@@ -160,11 +179,14 @@ class SegmentDetails:
     folds: int = 1
     stitch_dtype: str = "float32"
     ensemble: EnsembleInfo | None = None
+    #: Set when the scan was split into slabs along its slice axis (None: run whole).
+    split: SlabSplit | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "network_grid": {"shape": list(self.network_shape), "spacing_mm": list(self.network_spacing_mm)},
             "memory_rung": self.memory_rung,
+            "split": self.split.to_json() if self.split is not None else None,
             "engine": self.engine,
             "folds": self.folds,
             "stitch_dtype": self.stitch_dtype,
@@ -178,7 +200,8 @@ class SegmentDetails:
         return cls(tuple(int(v) for v in net["shape"]), tuple(float(v) for v in net["spacing_mm"]),
                    str(d["memory_rung"]), float(t["preprocess"]), float(t["inference"]), float(t["export"]),
                    str(d.get("engine", "torch")), int(d.get("folds", 1)), str(d.get("stitch_dtype", "float32")),
-                   EnsembleInfo.from_json(d["ensemble"]) if isinstance(d.get("ensemble"), dict) else None)
+                   EnsembleInfo.from_json(d["ensemble"]) if isinstance(d.get("ensemble"), dict) else None,
+                   SlabSplit.from_json(d["split"]) if isinstance(d.get("split"), dict) else None)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ MANIFEST_FORMAT = "medpipe-package/1"
 MANIFEST_NAME = "medpipe.json"
 #: Architectures a manifest may name: MONAI network classes, built from their keyword arguments only.
 ARCHITECTURES = ("UNet", "DynUNet", "SegResNet", "SwinUNETR")
+#: Architectures of ``preprocessing.kind: nnunet`` packages: dynamic-network-architectures classes.
+NNUNET_ARCHITECTURES = ("PlainConvUNet", "ResidualEncoderUNet")
 PREPROCESSING_KINDS = ("medpipe", "nnunet")
 #: Display colours (RGB) given to labels that have none of their own.
 PALETTE = ((0, 0, 0), (221, 84, 56), (76, 114, 176), (85, 168, 104), (196, 78, 82), (129, 114, 178),
@@ -30,7 +32,8 @@ PALETTE = ((0, 0, 0), (221, 84, 56), (76, 114, 176), (85, 168, 104), (196, 78, 8
 
 @dataclass(frozen=True)
 class Architecture:
-    """The network: a MONAI class from :data:`ARCHITECTURES` and its keyword arguments (JSON values only).
+    """The network: a MONAI class from :data:`ARCHITECTURES` (or, for nnU-Net packages, one of
+    :data:`NNUNET_ARCHITECTURES`) and its keyword arguments (JSON values only).
     ``slice_wise``: a 2D network applied to every slice of a (B, C, H, W, D) volume."""
 
     name: str
@@ -60,10 +63,11 @@ class Normalisation:
 @dataclass(frozen=True)
 class Preprocessing:
     """How a case reaches network space. ``kind`` medpipe: ``config`` is the full resolved PipelineConfig (as a
-    dict) whose transforms medpipe rebuilds; ``kind`` nnunet: ``params`` holds the plans' values."""
+    dict) whose transforms medpipe rebuilds; ``kind`` nnunet: ``params`` holds the plans' values and
+    ``orientation`` is None (nnU-Net keeps the file's voxel order and transposes it)."""
 
     kind: str
-    orientation: str
+    orientation: str | None
     target_spacing_mm: tuple[float, ...]
     normalisation: tuple[Normalisation, ...]
     crop_foreground: bool

@@ -113,6 +113,21 @@ def read_package(path: str | Path) -> PackageContents:
     return PackageContents(path, manifest, hashlib.sha256(blob).hexdigest(), members, size)
 
 
+def manifest_kind(path: Path) -> str | None:
+    """``preprocessing.kind`` of a package's manifest, read without any check (None if it cannot be read): only
+    to choose a loader, which then checks the package completely."""
+    try:
+        if path.is_dir():
+            blob = (path / MANIFEST_NAME).read_bytes()
+        else:
+            with zipfile.ZipFile(path) as zf:
+                blob = zf.read(MANIFEST_NAME)
+        kind = json.loads(blob.decode("utf-8"))["preprocessing"]["kind"]
+    except (OSError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
 def package_info(path: str | Path) -> PackageContents:
     """The model card of a package (checked like any load)."""
     return read_package(path)
@@ -122,8 +137,10 @@ def config_of_manifest(manifest: Manifest, where: str | Path = MANIFEST_NAME) ->
     """The pipeline config medpipe runs a ``kind: medpipe`` package with (its sliding window from the manifest)."""
     pre = manifest.preprocessing
     if pre.kind != "medpipe":
-        raise CheckpointError(f"preprocessing kind '{pre.kind}' is not run by this loader",
-                              path=where, hint="this medpipe version cannot run it")
+        hint = ("run it on its own with `medpipe infer PACKAGE ...` or `medpipe batch` (nnU-Net packages are not "
+                "ensembled with other models, and `medpipe explain` does not run them yet)" if pre.kind == "nnunet"
+                else "this medpipe version cannot run it")
+        raise CheckpointError(f"preprocessing kind '{pre.kind}' is not run by this loader", path=where, hint=hint)
     raw = dict(pre.config)
     raw["labels"] = {int(k): v for k, v in raw.get("labels", {}).items()}
     cfg = config_from_dict(raw, source=f"{where} (preprocessing.config)")

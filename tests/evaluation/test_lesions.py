@@ -136,14 +136,24 @@ def test_infer_writes_lesion_table_and_sidecar_entry(tmp_path: Path) -> None:
     aff = make_affine((2, 0, 1), (-1, 1, -1), (0.9, 1.3, 2.5), (8, -5, 12), (12.0, -40.0, 30.0))
     image, _ = sphere_phantom((40, 36, 16), aff)
     scan = save_nifti(tmp_path / "case_a.nii.gz", image, aff, np.int16)
-    args = ["infer", str(tmp_path / "best.pt"), str(scan), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    args = ["infer", str(tmp_path / "best.pt"), str(scan), "-o", str(tmp_path / "out"), "--device", "cpu",
+            "--save-probabilities"]
     res = CliRunner().invoke(app, [*args, "--min-lesion-ml", "0.01"])
     assert res.exit_code == 0, res.output
     mask_img = nib.load(str(tmp_path / "out" / "case_a.nii.gz"))
     mask = np.asarray(mask_img.dataobj)
+    # the lesions' probabilities are those of the saved probability map (frame = label value), on the mask grid
+    probs = np.moveaxis(np.asarray(nib.load(str(tmp_path / "out" / "case_a_probabilities.nii.gz")).get_fdata(),
+                                   dtype=np.float32), -1, 0)
     expected = lesion_table(mask, Grid(mask.shape, mask_img.affine), case="case_a", labels=cfg.labels,
-                            min_volume_ml=0.01)
+                            probabilities=probs, min_volume_ml=0.01)
     assert (tmp_path / "out" / "case_a.lesions.csv").read_text() == expected.to_csv()
+    rows = read_lesion_csv(tmp_path / "out" / "case_a.lesions.csv")
+    assert rows and all(row["mean_probability"] and row["max_probability"] for row in rows)  # filled
+    for row in rows:
+        mean_p, max_p = float(row["mean_probability"]), float(row["max_probability"])
+        assert 0.0 <= mean_p <= max_p <= 1.0
+        assert mean_p >= 0.5 - 1 / 255  # two classes, the mask is their argmax: every voxel of it has p >= 0.5
     side = json.loads((tmp_path / "out" / "case_a.json").read_text())
     assert side["lesions"]["file"] == "case_a.lesions.csv" and side["lesions"]["min_volume_ml"] == 0.01
     assert side["lesions"]["labels"]["1"]["count"] == len(expected.lesions) > 0

@@ -54,5 +54,5 @@ def test_out_of_memory_ladder(tmp_path: Path, phantom_files: tuple, monkeypatch:
     plain = seg.predict(case)
     monkeypatch.setattr(predictor_module, "sliding_window_inference", failing)
     laddered = seg.predict(case)
-    assert laddered.details["memory_rung"] == rung
+    assert laddered.details.memory_rung == rung
     assert (laddered.labels != plain.labels).mean() < 1e-3

@@ -158,7 +158,7 @@ def test_cli_import_then_infer_lands_on_the_source_grid(tiny: dict[str, Path], t
 
 def _dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
     out = {}
-    for v in sorted(set(np.unique(a)) | set(np.unique(b)) - {0}):
+    for v in sorted((set(np.unique(a)) | set(np.unique(b))) - {0}):
         x, y = a == v, b == v
         out[int(v)] = 2 * float((x & y).sum()) / max(1, int(x.sum() + y.sum()))
     return out
@@ -170,6 +170,9 @@ def _dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
 def test_agrees_with_nnunet_predictor(tiny: dict[str, Path], tmp_path: Path, kind: str, tta: bool) -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    from medpipe.inference.batch import infer
+    from medpipe.models.importers.nnunet_package import import_nnunet_package
+
     ref_dir = tmp_path / "nnunet"
     ref_dir.mkdir()
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
@@ -178,11 +181,19 @@ def test_agrees_with_nnunet_predictor(tiny: dict[str, Path], tmp_path: Path, kin
     predictor.initialize_from_trained_model_folder(str(tiny[kind]), use_folds=None)
     predictor.predict_from_files_sequential(str(tiny["images"]), str(ref_dir), save_probabilities=False)
     results = predict_nnunet(tiny[kind], [tiny["images"]], tmp_path / "medpipe", tta=tta)
+    # the package path (medpipe import nnunet -> medpipe infer PACKAGE), through medpipe's output path
+    import_nnunet_package(tiny[kind], tmp_path / "model.zip")
+    infer(tmp_path / "model.zip", [tiny["images"]], tmp_path / "package", device="cpu", allow_non_hu=True,
+          tta="all" if tta else "none")
+    assert len(results) == 2
     for r in results:
-        ours = nib.load(r.output)
         theirs = nib.load(ref_dir / f"{r.case_id}.nii.gz")
-        assert np.allclose(ours.affine, theirs.affine, atol=1e-4)
-        a, b = np.asarray(ours.dataobj), np.asarray(theirs.dataobj)
-        differing = int((a != b).sum())
-        assert differing <= a.size // 1000, f"{r.case_id}: {differing} voxels differ"
-        assert all(d >= 0.99 for d in _dice_per_label(a, b).values())
+        b = np.asarray(theirs.dataobj)
+        for output in (r.output, tmp_path / "package" / f"{r.case_id}_0000.nii.gz"):
+            ours = nib.load(output)
+            assert np.allclose(ours.affine, theirs.affine, atol=1e-4)
+            a = np.asarray(ours.dataobj)
+            differing = int((a != b).sum())
+            assert differing <= a.size // 1000, f"{output}: {differing} voxels differ"
+            dice = _dice_per_label(a, b)
+            assert dice and all(d >= 0.99 for d in dice.values()), dice  # foreground labels only

@@ -261,7 +261,7 @@ class PipelineConfig:
         out["regions"] = regions_as_list(self.regions)
         if not self.label_info:
             del out["label_info"]
-        for path, default in _LATER_DEFAULTS:  # keys added with classification: left out at their defaults, so
+        for path, default in _LATER_DEFAULTS:  # keys added later (classification, slabs): left out at their defaults, so
             *parents, key = path               # that every config written before keeps its digest
             section = out
             for p in parents:
@@ -288,6 +288,7 @@ _LATER_DEFAULTS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("task",), "segmentation"), (("classes",), []), (("data", "class_csv"), ""),
     (("data", "class_from_label"), {"label": 0, "min_voxels": 1}), (("model", "width_factor"), 1.0),
     (("training", "loss"), "auto"), (("training", "balanced_sampling"), "auto"),
+    (("inference", "max_slab_voxels"), 128 * 1024 * 1024),  # the long-scan split (masks equal the whole scan's)
 )
 
 

@@ -26,6 +26,9 @@ def hammer(out: Path, worker: str, n: int, log: Path, start_at: float) -> None:
             claim = ledger.claim(cid, worker, spec)
             if claim is None:
                 continue
+            if (ledger.predictions / f"{cid}.json").exists():  # finished by the rival since the look above: the
+                ledger.release(claim)                           # check that counts is the one made holding the lock
+                continue
             with ledger.staging_dir(claim) as staged:
                 (staged / f"{cid}.nii.gz").write_bytes(b"mask")
                 (staged / f"{cid}.json").write_text(json.dumps({"case": cid, "worker": worker}))

@@ -72,6 +72,12 @@ def run_worker(out: Path, worker: str, chunk: int | None = None) -> int:
                 claim = ledger.claim(case.case_id, worker, spec)
                 if claim is None:
                     continue
+                if ledger.failure(case.case_id) or ledger.is_done(case, spec):
+                    # another worker finished it between the look above and the claim (it commits, then releases):
+                    # only a check made while holding the lock can tell
+                    ledger.release(claim)
+                    settled.add(case.case_id)
+                    continue
                 claimed += 1
                 keeper.claim, keeper.lost = claim, False
                 _process(ledger, predictor, case, claim, spec, keeper)

@@ -261,7 +261,7 @@ class PipelineConfig:
         out["regions"] = regions_as_list(self.regions)
         if not self.label_info:
             del out["label_info"]
-        for path, default in _LATER_DEFAULTS:  # keys added later (classification, slabs): left out at their defaults, so
+        for path, default in _LATER_DEFAULTS:  # keys added later (classification, slabs): out at their defaults, so
             *parents, key = path               # that every config written before keeps its digest
             section = out
             for p in parents:

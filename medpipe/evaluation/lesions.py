@@ -34,7 +34,8 @@ CSV_COLUMNS = ("case", "label", "label_name", "lesion", "voxels", "volume_ml", "
                "centroid_s_mm", "bbox_i0", "bbox_j0", "bbox_k0", "bbox_i1", "bbox_j1", "bbox_k1", "max_diameter_mm",
                "mean_probability", "max_probability")
 
-#: Probabilities: a (C, I, J, K) array whose channel index is the label value, or label value -> (I, J, K) array.
+#: Probabilities: a (C, I, J, K) array whose channel index is the label value, or label value -> (I, J, K) array;
+#: float in [0, 1], or uint8 bytes read as byte / 255 (the quantisation of ``--save-probabilities``).
 Probabilities = np.ndarray | Mapping[int, np.ndarray]
 
 _CONNECTIVITY = {6: 1, 18: 2, 26: 3}
@@ -280,7 +281,8 @@ def _measure(component: np.ndarray, box: tuple[slice, ...], grid: Grid, value: i
     hi = tuple(int(s.stop) - 1 for s in box)
     mean_p = max_p = None
     if prob is not None and prob.size:
-        mean_p, max_p = float(prob.mean(dtype=np.float64)), float(prob.max())
+        scale = 1.0 / 255.0 if prob.dtype == np.uint8 else 1.0
+        mean_p, max_p = float(prob.mean(dtype=np.float64)) * scale, float(prob.max()) * scale
     return Lesion(value, name, 0, voxels, float(volume_ml),
                   (float(centroid[0]), float(centroid[1]), float(centroid[2])),
                   (lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2]), max_diameter_mm(edge_mm), mean_p, max_p)

@@ -65,16 +65,15 @@ def probabilities_on_grid(scores: MetaTensor, source: Grid) -> np.ndarray:
 
 
 def own_label_probability(scores: MetaTensor, source: Grid, labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
-    """float32 (I, J, K) on ``source``: at each voxel, the probability of the label the mask ``labels`` (I, J, K)
-    gives it, exactly as in :func:`probabilities_on_grid` (byte / 255). ``values``: the label value of each
-    channel. Memory: this one array, whatever the number of classes (the lesion table's mean and maximum
-    probability per lesion read it)."""
+    """uint8 (I, J, K) on ``source``: at each voxel, the quantised probability (byte; probability = byte / 255) of
+    the label the mask ``labels`` (I, J, K) gives it, exactly as in :func:`probabilities_on_grid`. ``values``: the
+    label value of each channel. Memory: this one byte array, whatever the number of classes (the lesion table's
+    mean and maximum probability per lesion read it)."""
     channel = np.zeros(max(values) + 1, dtype=np.intp)
     channel[np.asarray(values)] = np.arange(len(values))
-    out = np.zeros(source.shape, dtype=np.float32)
+    out = np.zeros(source.shape, dtype=np.uint8)
     for (k0, k1), q in _quantised_slabs(scores, source):
-        own = np.take_along_axis(q, channel[labels[None, :, :, k0:k1]], axis=0)[0]
-        out[:, :, k0:k1] = own.astype(np.float32) * np.float32(SCALE)
+        out[:, :, k0:k1] = np.take_along_axis(q, channel[labels[None, :, :, k0:k1]], axis=0)[0]
     return out
 
 

@@ -18,6 +18,7 @@ import torch
 from scipy import ndimage
 
 from medpipe.config import PipelineConfig
+from medpipe.evaluation.lesions import label_components
 from medpipe.io.geometry import Grid
 
 QC_FORMAT = "medpipe-qc/1"
@@ -108,8 +109,10 @@ def case_qc(labels: np.ndarray, grid: Grid, cfg: PipelineConfig,
     value from training (:meth:`medpipe.inference.models.ModelSet.volume_ranges`)."""
     qc = cfg.inference.qc
     voxel_ml = abs(float(np.linalg.det(np.asarray(grid.affine)[:3, :3]))) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=cfg.num_classes)
-    boxes = ndimage.find_objects(labels.astype(np.int32, copy=False) if labels.dtype.kind != "i" else labels)
+    # per label, not np.bincount (which casts the whole mask to intp: 8 bytes per voxel); find_objects takes the
+    # mask's own integer type (no int32 copy)
+    counts = {v: int(np.count_nonzero(labels == v)) for v in cfg.labels if v}
+    boxes = ndimage.find_objects(labels)
     expected = (set(cfg.labels) - {0} if qc.expected_labels == "all" else
                 set() if qc.expected_labels == "none" else set(qc.expected_labels) - {0})
     ranges = volume_ranges or {}
@@ -118,12 +121,12 @@ def case_qc(labels: np.ndarray, grid: Grid, cfg: PipelineConfig,
     for value, name in sorted(cfg.labels.items()):
         if value == 0:
             continue
-        n = int(counts[value]) if value < len(counts) else 0
+        n = counts[value]
         components, border = 0, False
         if n:
             box = boxes[value - 1] if value - 1 < len(boxes) else None
             part = labels[box] == value if box is not None else labels == value
-            components = int(ndimage.label(part, structure=_STRUCTURE)[1])
+            components = label_components(part, _STRUCTURE)[1]
             border = _touches_border(labels, value)
         pmax, unc, mi = (net or {}).get(value, (None, None, None))
         rng = ranges.get(value)

@@ -135,9 +135,14 @@ def case_progress(console: Console, verb: str) -> Iterator[Callable[[CaseResult,
 
 
 def render_infer(console: Console, result: InferResult) -> None:
-    """A table of cases with status, seconds and the mask written (or the error)."""
+    """A table of cases with status, seconds and the mask written (or the error). Columns no case fills (lesions
+    and QC for a classifier, seconds where they were not timed) are left out."""
     table = Table(title="medpipe infer", show_lines=False)
-    for col in ("case", "status", "seconds", "lesions", "QC", "mask / error"):
+    timed = any(c.seconds for c in result.cases)
+    lesions = any(c.lesions is not None for c in result.cases)
+    qcs = any(c.qc is not None for c in result.cases)
+    columns = ["case", "status"] + ["seconds"] * timed + ["lesions"] * lesions + ["QC"] * qcs
+    for col in [*columns, "mask / error" if lesions or qcs else "output / error"]:
         table.add_column(col)
     style = {"ok": "green", "skipped": "cyan", "failed": "red"}
     for c in result.cases:
@@ -147,8 +152,9 @@ def render_infer(console: Console, result: InferResult) -> None:
         if c.note:
             shown += f" ({c.note})"
         qc = "" if c.qc is None else ("[yellow]review[/]: " + escape(c.qc["qc_reasons"]) if c.qc["review"] else "ok")
-        table.add_row(escape(c.case_id), f"[{style[c.status]}]{c.status}[/]", f"{c.seconds:.1f}",
-                      "" if c.lesions is None else str(c.lesions), qc, escape(shown))
+        row = [escape(c.case_id), f"[{style[c.status]}]{c.status}[/]"] + [f"{c.seconds:.1f}"] * timed
+        row += ["" if c.lesions is None else str(c.lesions)] * lesions + [qc] * qcs
+        table.add_row(*row, escape(shown))
     console.print(table)
 
 

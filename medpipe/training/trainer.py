@@ -230,12 +230,23 @@ class Trainer:
                                   f"the run recorded {ckpt.get('data_fingerprint')})"
                                   + (f"; {data_changes}" if data_changes else ""), path=path,
                                   hint="--force to resume anyway")
+        # Only a forced resume gets here with another optimizer kind: its state cannot be taken over (SGD has no
+        # use for Adam's moments, and fails on their param groups), so it starts fresh, said so. The scheduler's
+        # state is its position only (the schedule itself is lr_factor of this config), so it always resumes.
+        before = (ckpt.get("config") or {}).get("training", {}).get("optimizer", self.cfg.training.optimizer)
+        fresh = before != self.cfg.training.optimizer
         try:
             self.net.load_state_dict(ckpt["state_dict"])
-            self.opt.load_state_dict(ckpt["optimizer"])
+            if not fresh:
+                self.opt.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"checkpoint does not fit this model ({str(err)[:200]})", path=path) from err
         self.sched.load_state_dict(ckpt["scheduler"])
+        if fresh:
+            for group, lr in zip(self.opt.param_groups, self.sched.get_last_lr(), strict=True):
+                group["lr"] = lr  # where the schedule stands, not the initial learning rate
+            self.notices.append(f"resumed with --force: optimizer {before} -> {self.cfg.training.optimizer}; its "
+                                "state starts fresh (weights, epoch, schedule position and random state resume)")
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.data.generator.set_state(ckpt["loader_rng"])

@@ -115,6 +115,20 @@ def test_resume_continues_and_refuses_changed_config(tmp_path: Path, kits: Path)
     _assert_clean_error(res, "already holds a training run", "--resume")
 
 
+def test_forced_resume_after_an_optimizer_change_starts_its_state_fresh(tmp_path: Path, kits: Path) -> None:
+    """--force resumes the weights; an optimizer or scheduler of another kind cannot take the old state, so it
+    starts fresh with a notice (it was a KeyError traceback)."""
+    out = tmp_path / "run"
+    cfg = tiny_config(tmp_path, kits)
+    assert runner.invoke(app, ["train", str(cfg), "--out", str(out), "--epochs", "1", "--device", "cpu"]).exit_code == 0
+    changed = tiny_config(tmp_path, kits, training={"optimizer": "sgd", "scheduler": "poly"})
+    res = runner.invoke(app, ["train", str(changed), "--out", str(out), "--epochs", "2", "--resume", "--force",
+                              "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "optimizer" in res.output and "fresh" in res.output
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+
+
 def test_exact_resume_matches_uninterrupted_training(tmp_path: Path, kits: Path) -> None:
     import torch
 

@@ -25,7 +25,7 @@ from medpipe.inference.nnunet_package import predictor_for
 from medpipe.inference.outputs import extra_outputs, write_extras
 from medpipe.inference.pipeline import Finished, run_pipelined
 from medpipe.inference.predictor import EnsembleScores, Prediction, Predictor
-from medpipe.inference.probabilities import own_label_probability
+from medpipe.inference.probabilities import probabilities_on_grid
 from medpipe.inference.push import PushTarget, preflight, push_case
 from medpipe.inference.sidecar import (
     CasePush,
@@ -301,10 +301,11 @@ def write_case(seg: Predictor, opened: Opened, out_dir: Path, options: CaseOptio
     mask = write_mask(out_dir / f"{loaded.case_id}.nii.gz", pred.labels, loaded.grid)
     written = dicom_outputs.write_dicom_outputs(loaded, pred.labels, out_dir, options.formats, cfg=seg.cfg,
                                                 model_sha256=seg.model_sha256, seg_type=options.seg_type)
-    own = own_label_probability(pred.scores, loaded.grid, pred.labels, seg.label_values)  # each lesion's own label
+    own, probabilities = probabilities_on_grid(pred.scores, loaded.grid, pred.labels, seg.label_values,
+                                               keep_all=options.save_probabilities)  # one resampling for both
     lesions = write_lesions(out_dir / f"{loaded.case_id}.lesions.csv", pred.labels, loaded.grid, seg.cfg.labels,
                             seg.cfg.inference.min_lesion_ml, dict.fromkeys(seg.label_values, own))
-    qc, maps = write_extras(seg, pred, loaded, out_dir, options.save_probabilities, options.save_uncertainty)
+    qc, maps = write_extras(seg, pred, loaded, out_dir, probabilities, options.save_uncertainty)
     memory = peaks(seg.device)
     seconds = time.perf_counter() - opened.t0
     side = replace(build_sidecar(seg, loaded, mask, pred.details, seconds, opened.hu, written), lesions=lesions,

@@ -180,14 +180,6 @@ class NnunetPackagePredictor(Predictor):
         affine = torch.as_tensor(np.asarray(case.grid.affine, dtype=np.float64) @ shift)
         return MetaTensor(scores, meta={"affine": affine})
 
-    def predict(self, case: LoadedCase) -> Prediction:
-        t0 = time.perf_counter()
-        net_img = self.prepare(case)
-        t1 = time.perf_counter()
-        ens = self.run_network(net_img)
-        t2 = time.perf_counter()
-        return self.finish(case, net_img, ens, {"preprocess": round(t1 - t0, 3), "inference": round(t2 - t1, 3)})
-
     def describe(self) -> EnsembleInfo:
         members = tuple(MemberRef(m.checkpoint.name, m.sha256, m.fold, self.arch_name) for m in self.model_set.models)
         return EnsembleInfo(members, tuple(self.model_set.folds), self.cfg.inference.tta, self.mirror_axes,

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from monai.data import MetaTensor
 
 from medpipe.inference.inputs import LoadedCase
 from medpipe.inference.predictor import Prediction, Predictor
 from medpipe.inference.probabilities import (
     SCALE,
-    probabilities_on_grid,
     uncertainty_maps,
     uncertainty_on_grid,
     write_maps,
@@ -30,17 +30,18 @@ def extra_outputs(case_id: str, save_probabilities: bool, save_uncertainty: bool
     return tuple(names)
 
 
-def write_extras(seg: Predictor, pred: Prediction, case: LoadedCase, out_dir: Path, save_probabilities: bool,
+def write_extras(seg: Predictor, pred: Prediction, case: LoadedCase, out_dir: Path, probabilities: np.ndarray | None,
                  save_uncertainty: bool) -> tuple[CaseQC, dict[str, MapOutput]]:
-    """QC of the case, and the requested maps written atomically; returns (qc, sidecar ``outputs`` entry)."""
+    """QC of the case, and the requested maps written atomically; returns (qc, sidecar ``outputs`` entry).
+    ``probabilities``: the uint8 (I, J, K, C) map to save (``--save-probabilities``), or None."""
     mean = pred.scores.as_tensor() if isinstance(pred.scores, MetaTensor) else pred.scores
     unc = uncertainty_maps(mean, pred.entropy_sum, pred.n_passes)
     qc = case_qc(pred.labels, case.grid, seg.cfg, network_stats(mean, unc, seg.label_values[1:]),
                  seg.model_set.volume_ranges())
     written: dict[str, MapOutput] = {}
-    names = iter(extra_outputs(case.case_id, save_probabilities, save_uncertainty))
-    if save_probabilities:
-        path = write_maps(out_dir / next(names), probabilities_on_grid(pred.scores, case.grid), case.grid)
+    names = iter(extra_outputs(case.case_id, probabilities is not None, save_uncertainty))
+    if probabilities is not None:
+        path = write_maps(out_dir / next(names), probabilities, case.grid)
         written["probabilities"] = MapOutput(path.name, "uint8", SCALE, tuple(str(v) for v in seg.label_values))
     if save_uncertainty:
         maps = MetaTensor(unc, meta={"affine": pred.scores.affine})

@@ -55,26 +55,22 @@ def _quantised_slabs(scores: MetaTensor, source: Grid) -> Iterator[tuple[tuple[i
         yield (k0, k1), quantise(p)
 
 
-def probabilities_on_grid(scores: MetaTensor, source: Grid) -> np.ndarray:
-    """Mean scores (C, X, Y, Z) on the network grid -> uint8 probabilities (I, J, K, C) on ``source``."""
-    n = int(scores.shape[0])
-    out = np.zeros((*source.shape, n), dtype=np.uint8)
-    for (k0, k1), q in _quantised_slabs(scores, source):
-        out[:, :, k0:k1, :] = np.moveaxis(q, 0, -1)
-    return out
-
-
-def own_label_probability(scores: MetaTensor, source: Grid, labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
-    """uint8 (I, J, K) on ``source``: at each voxel, the quantised probability (byte; probability = byte / 255) of
-    the label the mask ``labels`` (I, J, K) gives it, exactly as in :func:`probabilities_on_grid`. ``values``: the
-    label value of each channel. Memory: this one byte array, whatever the number of classes (the lesion table's
-    mean and maximum probability per lesion read it)."""
+def probabilities_on_grid(scores: MetaTensor, source: Grid, labels: np.ndarray, values: Sequence[int], *,
+                          keep_all: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean scores (C, X, Y, Z) on the network grid -> uint8 probabilities on ``source`` (byte; probability =
+    byte / 255), in one resampling pass: the probability of the label the mask ``labels`` (I, J, K) gives each
+    voxel (I, J, K; what the lesion table's mean and maximum probability per lesion read), and with ``keep_all``
+    every class's (I, J, K, C; ``--save-probabilities``), else None. ``values``: the label value of each channel.
+    Memory: the one byte map, plus the C-channel one only when asked for."""
     channel = np.zeros(max(values) + 1, dtype=np.intp)
     channel[np.asarray(values)] = np.arange(len(values))
-    out = np.zeros(source.shape, dtype=np.uint8)
+    own = np.zeros(source.shape, dtype=np.uint8)
+    full = np.zeros((*source.shape, int(scores.shape[0])), dtype=np.uint8) if keep_all else None
     for (k0, k1), q in _quantised_slabs(scores, source):
-        out[:, :, k0:k1] = np.take_along_axis(q, channel[labels[None, :, :, k0:k1]], axis=0)[0]
-    return out
+        own[:, :, k0:k1] = np.take_along_axis(q, channel[labels[None, :, :, k0:k1]], axis=0)[0]
+        if full is not None:
+            full[:, :, k0:k1, :] = np.moveaxis(q, 0, -1)
+    return own, full
 
 
 def uncertainty_maps(mean: torch.Tensor, entropy_sum: torch.Tensor | None, n_passes: int) -> torch.Tensor:

@@ -75,9 +75,13 @@ def ras_spacing(affine: np.ndarray, spacing: tuple[float, ...]) -> tuple[float, 
 
 
 def _percentiles(values: np.ndarray, seed: int) -> tuple[float, float]:
-    flat = values[np.isfinite(values)].reshape(-1)
+    # sample positions first, then drop non-finite ones: a whole-scan isfinite mask and finite copy would cost
+    # 5 bytes per voxel (1.3 GiB on a 512x512x1000 CT) for a 20 000-value estimate
+    flat = values.reshape(-1)
     if flat.size > VOXELS_PER_CASE:
-        flat = np.random.default_rng(seed).choice(flat, VOXELS_PER_CASE, replace=False)
+        picks = np.random.default_rng(seed).choice(flat.size, VOXELS_PER_CASE, replace=False)
+        flat = flat[np.sort(picks)]
+    flat = flat[np.isfinite(flat)]
     lo, hi = np.percentile(flat, [0.5, 99.5]) if flat.size else (0.0, 0.0)
     return float(lo), float(hi)
 

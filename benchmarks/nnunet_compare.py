@@ -111,7 +111,7 @@ def main() -> None:
                 wall, rss = run_measured(cmd, env)
                 if tool not in best or wall < best[tool][0]:
                     best[tool] = (wall, max(rss, best.get(tool, (0, 0))[1]) if tool in best else rss)
-        ours = work / "medpipe" / cid / (f"{cid}.nii.gz" if args.legacy else f"{cid}_0000.nii.gz")
+        ours = work / "medpipe" / cid / f"{cid}.nii.gz"
         a = np.asarray(nib.load(ours).dataobj)
         b = np.asarray(nib.load(work / "nnunet" / cid / f"{cid}.nii.gz").dataobj)
         rows.append((cid, best["nnunet"], best["medpipe"], int((a != b).sum()), a.size, dice_per_label(a, b)))

@@ -7,6 +7,7 @@ finite values, positive spacing, a sane affine, and all channels on one grid.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,8 @@ def collect_inputs(paths: list[Path], channels: tuple[str, ...]) -> list[InputCa
         else:
             raise InputError("input not found", path=p)
     if len(channels) == 1:
-        cases += [InputCase(_single_case_id(f), (f,), note=notes.get(f)) for f in files]
+        cases += [InputCase(cid, (f,), note=notes.get(f)) for f, cid in zip(files, _single_case_ids(files),
+                                                                             strict=True)]
     else:
         cases += _group_channels(files, channels)
     return cases
@@ -164,6 +166,16 @@ def _single_case_id(path: Path) -> str:
     ``imaging.nii.gz`` in a per-case folder, that folder's name."""
     stem = case_id_from_path(path)
     return path.parent.name if stem in GENERIC_NAMES and path.parent.name else stem
+
+
+def _single_case_ids(files: list[Path]) -> list[str]:
+    """Case ids of one-channel inputs. nnU-Net names a case's only channel ``<case>_0000``: that suffix is dropped
+    (so masks are ``<case>.nii.gz``, as nnU-Net writes them and as ``evaluate`` matches them against ``labelsTs``),
+    unless two inputs would then share an id."""
+    ids = [_single_case_id(f) for f in files]
+    stripped = [i[:-5] if len(i) > 5 and i.endswith("_0000") else i for i in ids]
+    taken = Counter(stripped)
+    return [s if taken[s] == 1 else i for i, s in zip(ids, stripped, strict=True)]
 
 
 def _group_channels(files: list[Path], channels: tuple[str, ...]) -> list[InputCase]:

@@ -189,7 +189,7 @@ def test_agrees_with_nnunet_predictor(tiny: dict[str, Path], tmp_path: Path, kin
     for r in results:
         theirs = nib.load(ref_dir / f"{r.case_id}.nii.gz")
         b = np.asarray(theirs.dataobj)
-        for output in (r.output, tmp_path / "package" / f"{r.case_id}_0000.nii.gz"):
+        for output in (r.output, tmp_path / "package" / f"{r.case_id}.nii.gz"):
             ours = nib.load(output)
             assert np.allclose(ours.affine, theirs.affine, atol=1e-4)
             a = np.asarray(ours.dataobj)

@@ -94,19 +94,19 @@ def test_infer_on_the_package_gives_the_import_paths_masks(folders: dict[str, Pa
                             postprocess=kind == "labels")
     assert len(direct) == 2
     for r in direct:
-        ours = nib.load(tmp_path / "pkg" / f"{r.case_id}_0000.nii.gz")
+        ours = nib.load(tmp_path / "pkg" / f"{r.case_id}.nii.gz")
         theirs = nib.load(r.output)
         a, b = np.asarray(ours.dataobj), np.asarray(theirs.dataobj)
         assert np.allclose(ours.affine, theirs.affine, atol=1e-5) and a.shape == b.shape
         assert np.array_equal(a, b), f"{r.case_id}: {int((a != b).sum())} voxels differ"
         assert len(np.unique(a)) > 1
-        side = json.loads((tmp_path / "pkg" / f"{r.case_id}_0000.json").read_text())
+        side = json.loads((tmp_path / "pkg" / f"{r.case_id}.json").read_text())
         assert side["model"]["arch"] == "PlainConvUNet"
         assert side["model"]["sha256"] == read_package(pkg).manifest_sha256
         ensemble = side["ensemble"]
         assert ensemble["folds"] == ([0] if kind == "labels" else [0, 1])
         assert ensemble["n_passes"] == (8 if tta else 2)
-        probs = nib.load(tmp_path / "pkg" / f"{r.case_id}_0000_probabilities.nii.gz")
+        probs = nib.load(tmp_path / "pkg" / f"{r.case_id}_probabilities.nii.gz")
         p = np.asarray(probs.dataobj)  # uint8, value / 255, one frame per label, on the mask's grid
         assert p.shape == (*a.shape, 3) and np.allclose(probs.affine, ours.affine, atol=1e-5)
         agree = float((p.argmax(-1) == a).mean())

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from medpipe.cli.app import app, err_console, handled, out
 from medpipe.cli.options import load_cli_config
@@ -58,8 +59,6 @@ def plan(
                                               "training step.")] = 8.0,
 ) -> None:
     """Configure training from the dataset fingerprint (spacing, patch, batch, network, normalisation)."""
-    from rich.markup import escape
-
     from medpipe.datasets.plan import plan_dataset
 
     with handled():

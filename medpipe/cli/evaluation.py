@@ -9,6 +9,7 @@ import typer
 
 from medpipe.cli.app import app, handled, out
 from medpipe.cli.options import load_cli_config, parse_labels, parse_tolerances
+from medpipe.errors import ConfigError
 
 #: Options of one task only: refused with the other ``--task`` (by their parameter names).
 _SEGMENTATION_ONLY = ("preset", "labels", "config", "image", "resample", "nsd_tol", "surface", "lesions",
@@ -79,8 +80,6 @@ def evaluate(
 
 def _refuse_other_task_options(ctx: typer.Context, task: str) -> None:
     """A ConfigError naming the first option given on the command line that belongs to the other task."""
-    from medpipe.errors import ConfigError
-
     other = "classification" if task == "segmentation" else "segmentation"
     refused = _CLASSIFICATION_ONLY if task == "segmentation" else _SEGMENTATION_ONLY
     for param in ctx.command.params:

@@ -162,6 +162,32 @@ def test_no_local_imports_in_modules_that_import_torch_at_the_top() -> None:
     assert not bad, "\n".join(bad)
 
 
+def _loaded_at_import(module: str) -> set[str]:
+    """The medpipe modules importing ``module`` loads: its top-level imports, their packages, and theirs in turn."""
+    seen: set[str] = set()
+    stack = [module]
+    while stack:
+        for target in TOP_IMPORTS.get(stack.pop(), set()):
+            parts = target.split(".")
+            for name in (".".join(parts[:i]) for i in range(2, len(parts) + 1)):
+                if name in MODULES and name not in seen:
+                    seen.add(name)
+                    stack.append(name)
+    return seen
+
+
+def test_function_level_imports_buy_something() -> None:
+    """A function-level import of the standard library, or of a medpipe module that importing this module loads
+    anyway, defers nothing: it belongs at the top (fast ``--help`` and optional dependencies are what buy)."""
+    import sys
+
+    bad = sorted(f"{m}:{line} imports {t} inside a function ({why})" for m, items in LOCAL_IMPORTS.items()
+                 for line, t in items
+                 for why in [("standard library" if t.split(".")[0] in sys.stdlib_module_names else
+                              "loaded at import anyway" if t in _loaded_at_import(m) else "")] if why)
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.parametrize("command", [["--help"], ["infer", "--help"], ["train", "--help"]])
 def test_help_imports_neither_torch_nor_monai(command: list[str]) -> None:
     import subprocess

@@ -221,3 +221,23 @@ def test_dataset_check_reports_progress_per_case(kits: Path) -> None:  # noqa: F
     n = len(seen)
     assert n and seen[-1][1] == n and sorted(d for d, _ in seen) == list(range(1, n + 1))
 
+
+
+def test_markup_shaped_names_survive_every_kind_of_cli_output(tmp_path: Path) -> None:
+    """Case names and paths shaped like rich markup tags ("[arterial 3-2]") are shown as they are in table rows,
+    captions and the lines naming output files (here: evaluate's label row, missing-case caption, report path)."""
+    from tests.conftest import make_affine, save_nifti
+
+    pred, ref, out = tmp_path / "pred", tmp_path / "ref", tmp_path / "out[b 1]"
+    pred.mkdir()
+    ref.mkdir()
+    mask = np.zeros((6, 6, 4), np.uint8)
+    mask[1:4, 1:4, 1:3] = 1
+    for case in ("a", "ct[arterial 3-2]"):
+        save_nifti(ref / f"{case}.nii.gz", mask, make_affine())
+    save_nifti(pred / "a.nii.gz", mask, make_affine())
+    res = runner.invoke(app, ["evaluate", str(pred), str(ref), "-o", str(out), "--labels", "1=kidney[left]"])
+    assert res.exit_code == 0, res.output
+    assert "ct[arterial 3-2]" in res.output  # the caption: no prediction for this reference case
+    assert "1 kidney[left]" in res.output  # the label row
+    assert f"report: {out / 'report.html'}" in _flat(res.output)

@@ -251,3 +251,19 @@ def test_each_part_imports_only_what_it_may() -> None:
     bad = sorted(f"{a} -> {b}" for a, targets in EDGES.items() for b in targets
                  if _part(b) in FORBIDDEN.get(_part(a), set()))
     assert not bad, "imports against the layering of docs/architecture.md:\n" + "\n".join(bad)
+
+
+def test_readme_layout_and_architecture_doc_name_every_part() -> None:
+    """README's layout block and docs/architecture.md's table name every package and root module there is."""
+    repo = ROOT.parent
+    readme = (repo / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    arch = (repo / "docs" / "architecture.md").read_text()
+    packages = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
+    modules = sorted(p.name for p in ROOT.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert "docs/architecture.md" in layout
+    missing = [f"README layout: {p}/" for p in packages if f"{p}/" not in layout]
+    missing += [f"README layout: {m}" for m in modules if m not in layout]
+    missing += [f"docs/architecture.md: `{p}/`" for p in packages if f"`{p}/`" not in arch]
+    missing += [f"docs/architecture.md: `{m}`" for m in modules if f"`{m}`" not in arch]
+    assert not missing, "\n".join(missing)

@@ -113,3 +113,29 @@ def test_every_nifti_writer_writes_the_policy_header(tmp_path: Path) -> None:
     assert np.allclose(probs.get_fdata(), 1.0)
     explanation = nib.load(str(written["explanation"]))
     assert (explanation.get_data_dtype(), explanation.dataobj.slope, explanation.dataobj.inter) == (np.float32, 1, 0)
+
+
+#: Label maps and region types defined outside labels.py, each with its reason.
+LABEL_HOME_EXCEPTIONS = {
+    "medpipe/datasets/synthetic/ct.py", "medpipe/datasets/synthetic/mri.py", "medpipe/datasets/synthetic/cls.py",
+    # ^ what the phantom generators paint (a subset of the public conventions), not conventions of their own
+    "medpipe/models/manifest.py",  # the package manifest's region record (name + label values, its JSON schema)
+}
+
+
+def test_label_maps_and_regions_live_in_labels() -> None:
+    """A module-level ``*_LABELS = {int: name}`` map or a ``Region`` class is label semantics: labels.py."""
+    found = []
+    for path, tree in SOURCES.items():
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name == "Region":
+                found.append(f"{path}:{node.lineno} class Region")
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else getattr(node, "targets", [])
+            value = getattr(node, "value", None)
+            if isinstance(value, ast.Dict) and any(isinstance(t, ast.Name) and t.id.endswith("_LABELS")
+                                                   for t in targets):
+                if value.keys and all(isinstance(k, ast.Constant) and isinstance(k.value, int) for k in value.keys):
+                    found.append(f"{path}:{node.lineno} label map")
+    bad = [f for f in found if f.split(":")[0] not in ("medpipe/labels.py", *LABEL_HOME_EXCEPTIONS)]
+    assert not bad, "label semantics outside medpipe/labels.py:\n" + "\n".join(bad)
+    assert any(f.startswith("medpipe/labels.py") and "class Region" in f for f in found)

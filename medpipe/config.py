@@ -16,7 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from medpipe.errors import ConfigError
-from medpipe.labels import nested_order, regions_as_list
+from medpipe.labels import label_table, nested_order, regions_as_list
 from medpipe.runtime import short_hash
 
 Triple = tuple[float, float, float]
@@ -405,7 +405,6 @@ def _validate(cfg: PipelineConfig, source: str) -> None:
     unknown_info = sorted(set(cfg.label_info) - (set(cfg.labels) - {0}))
     if unknown_info:
         raise bad("labels", f"codes given for {unknown_info}, which are not foreground labels")
-    from medpipe.labels import label_table
 
     try:
         label_table(cfg.labels, cfg.label_info)

@@ -1,5 +1,6 @@
-"""The one home of label semantics: label maps, regions (nnU-Net-style sigmoid outputs) and their decoding, and the
-label table (names, SNOMED CT codes, colours) that DICOM outputs describe their segments with.
+"""The one home of label semantics: label maps, regions (nnU-Net-style sigmoid outputs) and their decoding, the
+label conventions of the public datasets (KiTS, BraTS) with the regions their challenges score, and the label table
+(names, SNOMED CT codes, colours) that DICOM outputs describe their segments with.
 
 Tensor functions use tensor methods only, so this module imports no torch and stays cheap to import.
 """
@@ -16,6 +17,40 @@ if TYPE_CHECKING:
 
     from medpipe.config import PipelineConfig
 
+
+# --- Label conventions of public datasets, and the regions their challenges score -----------------------------------
+
+#: KiTS19/21/23 (``segmentation.nii.gz``).
+KITS_LABELS = {0: "background", 1: "kidney", 2: "tumor", 3: "cyst"}
+#: BraTS 2023 (``-seg.nii.gz``): 1 NETC, 2 SNFH, 3 ET.
+BRATS2023_LABELS = {0: "background", 1: "necrosis", 2: "edema", 3: "enhancing"}
+#: BraTS 2021 and earlier (``_seg.nii.gz``): 1 NCR/NET, 2 ED, 4 ET.
+BRATS2021_LABELS = {0: "background", 1: "necrosis", 2: "edema", 4: "enhancing"}
+
+
+@dataclass(frozen=True)
+class Region:
+    """A scored mask: the voxels whose label is in ``values``. ``id`` fills the ``label`` column of the metrics;
+    ``nsd_tolerance_mm``: the challenge's surface-Dice tolerance, if it states one."""
+
+    id: int
+    name: str
+    values: tuple[int, ...]
+    nsd_tolerance_mm: float | None = None
+
+
+#: BraTS whole tumour, tumour core, enhancing tumour, in the 2023 labels and in the older ones.
+BRATS_2023 = (Region(1, "WT", (1, 2, 3)), Region(2, "TC", (1, 3)), Region(3, "ET", (3,)))
+BRATS_LEGACY = (Region(1, "WT", (1, 2, 4)), Region(2, "TC", (1, 4)), Region(3, "ET", (4,)))
+#: KiTS23 hierarchical evaluation classes and tolerances, from neheller/kits23 ``kits23/configuration/labels.py``.
+KITS_REGIONS = (
+    Region(1, "kidney_and_mass", (1, 2, 3), 1.0330772532390826),
+    Region(2, "mass", (2, 3), 1.1328796488598762),
+    Region(3, "tumor", (2,), 1.1498198361434828),
+)
+
+
+# --- Model outputs -> per-label scores ------------------------------------------------------------------------------
 
 def label_scores(logits: torch.Tensor, cfg: PipelineConfig) -> torch.Tensor:
     """Network output (K, X, Y, Z) -> per-label scores (``num_classes``, X, Y, Z), channel index = label value,

@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.config import PipelineConfig
+from medpipe.datasets.classes import load_task_dataset
 from medpipe.errors import OutputError
+from medpipe.evaluation.evaluate import evaluate
 from medpipe.inference.batch import CaseResult, InferResult, infer
+from medpipe.io.atomic import write_text_atomic
 from medpipe.training.run import TrainEvent, TrainResult, train
+from medpipe.training.state import resumable
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,6 @@ def check_run_folder(run_dir: Path, *, resume: bool, force: bool) -> None:
         raise AlreadyFinished(run_dir)
     started = [p for p in PIPELINE_PARTS if (run_dir / p).exists()]
     if started and not resume:
-        from medpipe.training.state import resumable
-
         what = "an unfinished training run" if resumable(run_dir / "model") else "parts of a job: " + ", ".join(started)
         raise OutputError(f"folder holds {what}", path=run_dir,
                           hint="--resume to continue it, --force to start over, or choose a new --out")
@@ -72,9 +74,6 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, *, data_root: Path | None =
                  on_case: Callable[[CaseResult, int, int], None] | None = None) -> PipelineResult:
     """Train -> infer the validation split -> evaluate against its labels. A folder that already holds a finished
     job raises :class:`AlreadyFinished` before any work (see :func:`check_run_folder`)."""
-    from medpipe.datasets.classes import load_task_dataset
-    from medpipe.evaluation.evaluate import evaluate
-
     check_run_folder(run_dir, resume=resume, force=force)
     model_dir = run_dir / "model"
     trained = train(cfg, model_dir, data_root=data_root, epochs=epochs, device=device,
@@ -113,7 +112,6 @@ def _classification_job(cfg: PipelineConfig, run_dir: Path, trained: TrainResult
                         on_case: Callable[[CaseResult, int, int], None] | None) -> PipelineResult:
     """Classify the held-out cases and score them against the classes training used (split.json)."""
     from medpipe.evaluation.classify import evaluate_classification
-    from medpipe.io.atomic import write_text_atomic
 
     inputs = [p for case in val for p in _stage_inputs(cfg, case, run_dir)]
     truth = run_dir / "references" / "labels.csv"

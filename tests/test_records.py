@@ -77,3 +77,15 @@ def test_a_sidecar_of_another_format_is_not_taken_as_done(tmp_path: Path) -> Non
     assert read_sidecar(path) is None
     path.write_text("{not json")
     assert read_sidecar(path) is None
+
+
+def test_dataset_fingerprint_round_trips_through_its_file(tmp_path: Path) -> None:
+    from medpipe.datasets import check_dataset, save_fingerprint
+    from medpipe.datasets.fingerprint import FINGERPRINT_FORMAT, Fingerprint
+    from tests.datasets.test_layouts import make_layout
+
+    report = check_dataset(make_layout(tmp_path / "k", "kits", n=3))
+    doc = json.loads(save_fingerprint(report, tmp_path / "fp.json").read_text())
+    assert doc["format"] == FINGERPRINT_FORMAT
+    again = Fingerprint.from_json(doc, tmp_path / "fp.json")
+    assert again == report.fingerprint and again.to_json() == report.fingerprint.to_json()

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medpipe.batch import slurm as slurm_launcher
 from medpipe.batch.adapter import identity, open_predictor
 from medpipe.batch.ledger import Ledger
 from medpipe.batch.manifest import cases_from_inputs, load_manifest
 from medpipe.batch.records import BatchCase, BatchSpec
 from medpipe.batch.report import write_report
-from medpipe.batch.slurm import SlurmOptions
+from medpipe.batch.slurm import SlurmOptions, require_slurm
 from medpipe.batch.status import BatchEvent, BatchStatus, Counts
 from medpipe.errors import ConfigError, InputError, OutputError
 from medpipe.io.atomic import ensure_writable_dir
@@ -105,8 +106,6 @@ def run_batch(model: Path, inputs: list[Path], out: Path, *, manifest: Path | No
     if slots:
         options["device"] = "cuda"
     if launcher == "slurm":
-        from medpipe.batch.slurm import require_slurm
-
         require_slurm()
     ident = identity(open_predictor(model, options, device="cpu"))
     cases = load_manifest(manifest, ident.channels) if manifest else []
@@ -127,7 +126,6 @@ def run_batch(model: Path, inputs: list[Path], out: Path, *, manifest: Path | No
 
         LocalLauncher(out, workers=workers, gpus=slots, on_event=on_event).run()
         return BatchResult(len(cases), len(todo), write_report(out))
-    from medpipe.batch import slurm as slurm_launcher
 
     job_ids = slurm_launcher.submit(out, len(chunks), slurm or SlurmOptions()) if chunks else []
     if on_event:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from medpipe.cli.app import app, err_console, handled, out
@@ -95,10 +96,10 @@ def batch_run(
     if result.status is None:
         out.print(f"submitted {len(result.job_ids)} array task(s) for {result.n_to_run} case(s): "
                   f"{result.job_ids[0].split('_')[0] if result.job_ids else '-'}; follow with "
-                  f"`medpipe batch status {out_dir}`")
+                  f"`medpipe batch status {escape(str(out_dir))}`")
         return
     out.print(render_batch_status(result.status))
-    out.print(f"report: {out_dir / 'batch.html'}")
+    out.print(f"report: {escape(str(out_dir / 'batch.html'))}")
     if not result.ok:
         raise typer.Exit(1)
 
@@ -117,4 +118,4 @@ def batch_status_cmd(
         status = write_report(out_dir) if report else batch_status(out_dir)
     out.print(render_batch_status(status))
     if report:
-        out.print(f"report: {out_dir / 'batch.html'}")
+        out.print(f"report: {escape(str(out_dir / 'batch.html'))}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from medpipe.cli.app import app, err_console, handled, out
 from medpipe.cli.options import load_cli_config
@@ -44,7 +45,7 @@ def dataset_check(
             save_fingerprint(report, fingerprint)
     out.print(render_check(report))
     if fingerprint is not None:
-        out.print(f"fingerprint: {fingerprint}")
+        out.print(f"fingerprint: {escape(str(fingerprint))}")
     if report.errors:
         raise typer.Exit(1)
 
@@ -58,15 +59,14 @@ def plan(
                                               "training step.")] = 8.0,
 ) -> None:
     """Configure training from the dataset fingerprint (spacing, patch, batch, network, normalisation)."""
-    from rich.markup import escape
-
     from medpipe.datasets.plan import plan_dataset
 
     with handled():
         result = plan_dataset(root, out_yaml, fmt=fmt, gpu_mem_gb=gpu_mem_gb)
     for note in result.notes:
         out.print(f"  - {escape(note)}")
-    out.print(f"[green]plan[/]: {out_yaml} (train it with `medpipe train {out_yaml} --out RUN`)")
+    shown = escape(str(out_yaml))
+    out.print(f"[green]plan[/]: {shown} (train it with `medpipe train {shown} --out RUN`)")
 
 
 @app.command("sample-data")
@@ -83,5 +83,5 @@ def sample_data(
     with handled():
         s = generate_sample_data(out_dir, seed=seed, n_ct=n_ct, n_mri=n_mri, n_cls=n_cls)
     out.print(f"wrote {len(s.files)} files ({s.total_bytes / 1e6:.1f} MB): {len(s.ct_case_ids)} CT cases in "
-              f"{s.kits_dir}, {len(s.mri_case_ids)} MRI cases in {s.brats_dir}"
-              + (f", {len(s.cls_case_ids)} classification cases in {s.cls_dir}" if s.cls_case_ids else ""))
+              f"{escape(str(s.kits_dir))}, {len(s.mri_case_ids)} MRI cases in {escape(str(s.brats_dir))}"
+              + (f", {len(s.cls_case_ids)} classification cases in {escape(str(s.cls_dir))}" if s.cls_case_ids else ""))

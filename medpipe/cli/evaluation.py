@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from rich.markup import escape
 
 from medpipe.cli.app import app, handled, out
 from medpipe.cli.options import load_cli_config, parse_labels, parse_tolerances
+from medpipe.errors import ConfigError
 
 #: Options of one task only: refused with the other ``--task`` (by their parameter names).
 _SEGMENTATION_ONLY = ("preset", "labels", "config", "image", "resample", "nsd_tol", "surface", "lesions",
@@ -60,7 +62,7 @@ def evaluate(
                 pred, ref, out_dir, n_bootstrap=n_bootstrap, seed=seed,
                 classes=[c.strip() for c in classes.split(",")] if classes else None)
             out.print(render_classification(summary))
-            out.print(f"report: {out_dir / 'report.html'}")
+            out.print(f"report: {escape(str(out_dir / 'report.html'))}")
             return
         from medpipe.evaluation.detection import MatchRule
         from medpipe.evaluation.evaluate import evaluate as run_evaluate
@@ -74,13 +76,11 @@ def evaluate(
         out.print(render_table(result))
         if result.detection is not None:
             out.print(render_detection(result.detection))
-    out.print(f"report: {out_dir / 'report.html'}")
+    out.print(f"report: {escape(str(out_dir / 'report.html'))}")
 
 
 def _refuse_other_task_options(ctx: typer.Context, task: str) -> None:
     """A ConfigError naming the first option given on the command line that belongs to the other task."""
-    from medpipe.errors import ConfigError
-
     other = "classification" if task == "segmentation" else "segmentation"
     refused = _CLASSIFICATION_ONLY if task == "segmentation" else _SEGMENTATION_ONLY
     for param in ctx.command.params:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from medpipe.cli.app import app, handled, out
 from medpipe.cli.options import Device
@@ -37,9 +38,10 @@ def explain(
     with handled():
         res = run_explain(run, scan, label, out_dir, device=device, target_mask=mask, layer=layer,
                           n_samples=samples, noise=noise, weighting=cam, class_name=class_)
-    out.print(f"explained {res.label} {res.label_name} of {res.case}: {res.weighting} at layer {res.layer} "
+    out.print(f"explained {res.label} {escape(res.label_name)} of {escape(res.case)}: {res.weighting} at layer "
+              f"{escape(res.layer)} "
               f"({res.layer_chosen}), {res.windows} window(s), {res.seconds:.1f} s")
     for kind in res.empty_maps:
         out.print(f"[yellow]warning:[/] the {kind} map is zero everywhere (nothing positive to show)")
     for name in res.files.values():
-        out.print(f"  {out_dir / name}")
+        out.print(f"  {escape(str(out_dir / name))}")

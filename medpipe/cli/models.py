@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from medpipe.cli.app import app, err_console, handled, out
 
@@ -34,7 +35,7 @@ def package(
     for check in result.onnx_checks:
         err_console.print(f"fold {check.fold}: ONNX matches PyTorch (max |diff| {check.max_abs_diff:.2g} on a "
                           f"{'x'.join(map(str, check.patch_shape))} test patch)")
-    out.print(f"[green]wrote[/] {result.path} ({len(result.manifest.folds)} fold(s))")
+    out.print(f"[green]wrote[/] {escape(str(result.path))} ({len(result.manifest.folds)} fold(s))")
 
 
 @import_app.command("monai-bundle")
@@ -49,7 +50,8 @@ def import_monai_bundle(
 
     with handled():
         manifest = run_import(bundle, out_path, licence=licence)
-    out.print(f"[green]wrote[/] {out_path} ({manifest.architecture.name}, {len(manifest.labels)} labels)")
+    out.print(f"[green]wrote[/] {escape(str(out_path))} ({escape(manifest.architecture.name)}, "
+              f"{len(manifest.labels)} labels)")
 
 
 @import_app.command("nnunet")
@@ -70,5 +72,5 @@ def import_nnunet(
     chosen = [f.strip() for item in folds for f in item.replace(",", " ").split()] if folds else None
     with handled():
         manifest = import_nnunet_package(results, out_path, chosen, licence=licence, name=name)
-    out.print(f"[green]wrote[/] {out_path} ({manifest.architecture.name}, {len(manifest.folds)} fold(s), "
-              f"{len(manifest.labels)} labels)")
+    out.print(f"[green]wrote[/] {escape(str(out_path))} ({escape(manifest.architecture.name)}, "
+              f"{len(manifest.folds)} fold(s), {len(manifest.labels)} labels)")

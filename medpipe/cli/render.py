@@ -162,7 +162,7 @@ def render_table(result: EvaluationResult) -> Table:
     """Per-label summary for the terminal: Dice mean ± sd, HD95/ASSD median [IQR] (mm), NSD, empty counts."""
     tol = result.settings.nsd_tolerance_mm
     table = Table(title=f"Evaluation: {len(result.cases)} case(s), preset {result.settings.preset}",
-                  caption=caption_text(result), caption_justify="left")
+                  caption=escape(caption_text(result)), caption_justify="left")
     for col, just in (("label", "left"), ("n", "right"), ("Dice", "right"), ("HD95 mm", "right"),
                       ("ASSD mm", "right"), ("NSD", "right"), ("empty both/ref/pred", "center")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -267,7 +267,7 @@ def render_check(report: CheckReport, max_rows: int = 40) -> Any:
 
 def render_pull(result: PullResult) -> Any:
     """``medpipe pull``: one row per series (folder, instances downloaded / already present)."""
-    table = Table(title=f"pulled study {result.study_uid} from {result.server}", title_justify="left")
+    table = Table(title=escape(f"pulled study {result.study_uid} from {result.server}"), title_justify="left")
     for name in ("Series UID", "Folder", "Instances", "Downloaded", "Already there"):
         table.add_column(name, overflow="fold")
     for s in result.series:
@@ -293,7 +293,7 @@ def render_model_card(card: dict[str, Any]) -> Any:
     with validation metrics, provenance and licence."""
     m = card["manifest"]
     pre, sw, arch = m["preprocessing"], m["sliding_window"], m["architecture"]
-    head = Table(title=f"{m['name']}  ({card['path']}, {card['size_bytes'] / 1e6:.1f} MB, sha256 verified)",
+    head = Table(title=escape(f"{m['name']}  ({card['path']}, {card['size_bytes'] / 1e6:.1f} MB, sha256 verified)"),
                  title_justify="left", show_header=False)
     head.add_column("field", style="bold")
     head.add_column("value", overflow="fold")
@@ -317,20 +317,21 @@ def render_model_card(card: dict[str, Any]) -> Any:
         ("software", ", ".join(f"{k} {v}" for k, v in m.get("software", {}).items())),
     ]
     for key, value in rows:
-        head.add_row(key, str(value))
+        head.add_row(key, escape(str(value)))
     labels = Table(title="labels", title_justify="left")
     for col in ("value", "name", "colour", "SNOMED category", "SNOMED type"):
         labels.add_column(col)
     for lab in m["labels"]:
         r, g, b = lab["color"]
         swatch = Text("■ ", style=f"rgb({r},{g},{b})") + f"#{r:02x}{g:02x}{b:02x}"
-        labels.add_row(str(lab["value"]), lab["name"], swatch, _code(lab.get("category")), _code(lab.get("type")))
+        labels.add_row(str(lab["value"]), escape(lab["name"]), swatch, _code(lab.get("category")),
+                       _code(lab.get("type")))
     folds = Table(title="folds", title_justify="left")
     for col in ("fold", "weights", "onnx", "validation"):
         folds.add_column(col, overflow="fold")
     for f in m["folds"]:
         metrics = ", ".join(f"{k} {v:g}" if isinstance(v, int | float) else f"{k} -" for k, v in f["metrics"].items())
-        folds.add_row(str(f["fold"]), f["weights"], f.get("onnx") or "-", metrics or "-")
+        folds.add_row(str(f["fold"]), escape(f["weights"]), escape(f.get("onnx") or "-"), escape(metrics or "-"))
     return Group(head, labels, folds)
 
 
@@ -349,7 +350,7 @@ def _preprocessing_line(pre: dict[str, Any]) -> str:
 
 
 def _code(code: dict[str, str] | None) -> str:
-    return f"{code['value']} {code['meaning']}" if code else "-"
+    return escape(f"{code['value']} {code['meaning']}") if code else "-"
 
 
 class BatchProgress:
@@ -373,9 +374,9 @@ class BatchProgress:
         """Callback for :func:`medpipe.batch.run.run_batch`."""
         c = ev.counts
         if ev.kind in ("crash", "timeout"):
-            self.progress.console.print(f"[yellow]{ev.kind}[/]: {ev.message}", highlight=False)
+            self.progress.console.print(f"[yellow]{ev.kind}[/]: {escape(ev.message)}", highlight=False)
         elif ev.kind == "submitted":
-            self.progress.console.print(f"submitted {ev.message}", highlight=False)
+            self.progress.console.print(f"submitted {escape(ev.message)}", highlight=False)
         if self.task is None:
             self.task = self.progress.add_task("batch", total=c.total, info="")
         self.progress.update(self.task, total=c.total, completed=c.done + c.failed,
@@ -395,7 +396,7 @@ def render_batch_status(status: BatchStatus, max_failed: int = 30) -> Any:
         for col in ("case", "attempts", "reason"):
             table.add_column(col, overflow="fold")
         for r in status.failed[:max_failed]:
-            table.add_row(r.case_id, str(r.attempts), r.reason or "")
+            table.add_row(escape(r.case_id), str(r.attempts), escape(r.reason or ""))
         parts.append(table)
         if len(status.failed) > max_failed:
             parts.append(Text(f"... {len(status.failed) - max_failed} more in batch.json"))
@@ -404,12 +405,13 @@ def render_batch_status(status: BatchStatus, max_failed: int = 30) -> Any:
 
 def render_detection(det: DetectionResult) -> Table:
     """Lesion detection per label: counts, sensitivity, precision, F1, FROC CPM; the rule and score as caption."""
-    table = Table(title="Lesion detection", caption=f"{det.rule.describe()}; FROC score: {det.score}",
+    table = Table(title="Lesion detection", caption=escape(f"{det.rule.describe()}; FROC score: {det.score}"),
                   caption_justify="left")
     for col in ("label", "ref", "pred", "TP", "FP", "FN", "sensitivity", "precision", "F1", "CPM"):
         table.add_column(col, justify="left" if col == "label" else "right")
     for d in det.labels:
-        table.add_row(label_title(d.label, d.label_name), *(str(v) for v in (d.n_ref, d.n_pred, d.tp, d.fp, d.fn)),
+        table.add_row(escape(label_title(d.label, d.label_name)),
+                      *(str(v) for v in (d.n_ref, d.n_pred, d.tp, d.fp, d.fn)),
                       *(f"{v:.3f}" for v in (d.sensitivity, d.precision, d.f1, d.cpm)))
     return table
 

@@ -46,7 +46,7 @@ def train(
         return
     score = "ROC AUC" if cfg.is_classification else "mean validation Dice"
     out.print(f"[green]done[/]: best {score} {result.best_dice:.4f} at epoch {result.best_epoch}; "
-              f"checkpoints in {result.run_dir}")
+              f"checkpoints in {escape(str(result.run_dir))}")
 
 
 @app.command()
@@ -85,5 +85,6 @@ def run(
         else:
             out.print(render_table(result.evaluation))
     what = "predictions.csv" if cfg.is_classification else "masks"
-    out.print(f"[green]done[/]: model in {out_dir / 'model'}, {what} in {out_dir / 'predictions'}, "
-              f"report in {out_dir / 'report' / 'report.html'}")
+    where = escape(f"model in {out_dir / 'model'}, {what} in {out_dir / 'predictions'}, "
+                   f"report in {out_dir / 'report' / 'report.html'}")
+    out.print(f"[green]done[/]: {where}")

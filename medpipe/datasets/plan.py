@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from medpipe.config import PipelineConfig, config_from_dict, dump_config
+from medpipe.datasets import check_dataset, save_fingerprint
 from medpipe.datasets.fingerprint import Fingerprint
+from medpipe.datasets.layouts import raise_for
 from medpipe.errors import DatasetError
 from medpipe.io.atomic import write_text_atomic
 from medpipe.models.topology import dynunet_topology
@@ -229,9 +231,6 @@ def render_plan_yaml(plan: Plan, fingerprint_path: Path | None = None) -> str:
 def plan_dataset(root: str | Path, out: str | Path, *, fmt: str = "auto", gpu_mem_gb: float = 8.0) -> Plan:
     """Check the dataset (refusing errors), save ``<out stem>.fingerprint.json`` beside ``out`` and write the
     plan YAML to ``out``."""
-    from medpipe.datasets import check_dataset, save_fingerprint
-    from medpipe.datasets.layouts import raise_for
-
     report = check_dataset(Path(root).resolve(), fmt)
     raise_for(report.issues, "in the dataset (see `medpipe dataset check`)", report.dataset.root)
     out = Path(out)

@@ -12,10 +12,12 @@ standard deviation under the label, case ``c`` is an outlier when
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import nibabel as nib
 import numpy as np
 
 from medpipe.datasets.layouts import Case, Issue
@@ -86,9 +88,6 @@ def plausibility_issues(stats: dict[str, dict[int, LabelIntensity]], cases: dict
 
 def overlay_png(image_path: Path, label_path: Path, value: int) -> bytes:
     """Three orthogonal slices through the label's centre: the image in grey, the label's outline in red."""
-    import io
-
-    import nibabel as nib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage as ndi
 
-from medpipe.errors import ConfigError
+from medpipe.errors import ConfigError, InputError
 from medpipe.io.geometry import Grid
 
 #: False positives per scan at which the FROC sensitivity is read (LUNA16).
@@ -57,6 +57,19 @@ class MatchRule:
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "iou": self.iou, "distance_mm": self.distance_mm,
                 "min_volume_ml": self.min_volume_ml, "text": self.describe()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MatchRule:
+        kind = str(d["kind"])
+        if kind not in ("overlap", "centroid"):
+            raise ConfigError(f"unknown lesion matching rule {kind!r}", hint="use overlap or centroid")
+        return cls("overlap" if kind == "overlap" else "centroid", float(d["iou"]), float(d["distance_mm"]),
+                   float(d["min_volume_ml"]))
+
+
+def _ratio(value: Any) -> float:
+    """A ratio read back from JSON, where NaN (undefined) was written as null."""
+    return math.nan if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -112,10 +125,19 @@ class LabelDetection:
                 "froc": [{"fp_per_scan": r, "sensitivity": s} for r, s in self.froc], "cpm": self.cpm,
                 "curve": [list(p) for p in self.curve]}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LabelDetection:
+        return cls(int(d["label"]), str(d["label_name"]), int(d["n_cases"]), int(d["n_ref"]), int(d["n_pred"]),
+                   int(d["tp"]), int(d["fp"]), int(d["fn"]), _ratio(d["sensitivity"]), _ratio(d["precision"]),
+                   _ratio(d["f1"]), tuple((float(p["fp_per_scan"]), _ratio(p["sensitivity"])) for p in d["froc"]),
+                   _ratio(d["cpm"]), tuple((float(fp), _ratio(sens)) for fp, sens in d["curve"]))
+
 
 @dataclass(frozen=True)
 class DetectionResult:
-    """Detection over a set of cases: the rule, the score used for the FROC, per-label summaries, every lesion."""
+    """Detection over a set of cases: the rule, the score used for the FROC, per-label summaries, every lesion.
+    Its JSON form (the ``detection`` block of ``summary.json``) leaves the lesions out: they are ``detection.csv``,
+    so a record read back from JSON holds none."""
 
     rule: MatchRule
     score: str
@@ -126,6 +148,14 @@ class DetectionResult:
     def to_json(self) -> dict[str, Any]:
         return {"format_version": self.format_version, "rule": self.rule.to_json(), "score": self.score,
                 "labels": {str(d.label): d.to_json() for d in self.labels}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DetectionResult:
+        if d.get("format_version") != DETECTION_FORMAT_VERSION:
+            raise InputError(f"unknown detection summary format version {d.get('format_version')!r}",
+                             hint=f"this medpipe writes version {DETECTION_FORMAT_VERSION}")
+        return cls(MatchRule.from_json(d["rule"]), str(d["score"]),
+                   tuple(LabelDetection.from_json(v) for v in d["labels"].values()), ())
 
 
 # ---------------------------------------------------------------- FROC (pure)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from medpipe.errors import ConfigError, GeometryError, InputError
 from medpipe.evaluation.detection import (
@@ -24,6 +25,7 @@ from medpipe.evaluation.detection import (
     summarize_detection,
 )
 from medpipe.evaluation.metrics.empty import EmptyPolicy
+from medpipe.evaluation.metrics.lesions import LesionRule
 from medpipe.evaluation.metrics.regions import Region, get_preset, tolerance_for
 from medpipe.evaluation.metrics.scoring import MetricRow, score_arrays
 from medpipe.evaluation.metrics.surface import CONVENTIONS
@@ -79,8 +81,6 @@ def match_cases(pred: Path, ref: Path) -> tuple[list[tuple[str, Path, Path]], li
 
 
 def _resample_nearest(pred: np.ndarray, pred_grid: Grid, ref_grid: Grid) -> np.ndarray:
-    from scipy import ndimage as ndi
-
     vox = np.linalg.inv(pred_grid.affine) @ ref_grid.affine  # reference voxel -> prediction voxel
     return ndi.affine_transform(pred, vox[:3, :3], vox[:3, 3], output_shape=ref_grid.shape, order=0,
                                 mode="constant", cval=0)
@@ -161,8 +161,6 @@ def evaluate(
     policy = policy or chosen.policy
     rule = chosen.lesion_rule if lesions is None or lesions else None
     if lesions and rule is None:
-        from medpipe.evaluation.metrics.lesions import LesionRule
-
         rule = LesionRule()
     if out_dir is not None:
         ensure_writable_dir(out_dir)  # pre-flight before long work

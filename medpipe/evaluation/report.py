@@ -17,10 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import nibabel as nib
 import numpy as np
 
+from medpipe.errors import GeometryError
 from medpipe.evaluation.result import EvaluationResult, EvaluationSummary, LabelSummary
 from medpipe.io.atomic import write_json_atomic, write_text_atomic
+from medpipe.io.geometry import Grid as _Grid
+from medpipe.io.geometry import describe_mismatch, grids_match
+from medpipe.io.nifti import load_nifti
 from medpipe.runtime import __version__
 
 if TYPE_CHECKING:
@@ -145,14 +150,8 @@ def overlay_png(image: Path, ref: np.ndarray, pred: np.ndarray, grid: Grid, regi
 
     ``ref``/``pred``: integer label maps (I, J, K) on ``grid``; the image must lie on the same grid.
     """
-    import nibabel as nib
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-
-    from medpipe.errors import GeometryError
-    from medpipe.io.geometry import Grid as _Grid
-    from medpipe.io.geometry import describe_mismatch, grids_match
-    from medpipe.io.nifti import load_nifti
 
     img, info = load_nifti(image, allow_4d=True)
     img = img[..., 0] if img.ndim == 4 else img

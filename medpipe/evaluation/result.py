@@ -193,14 +193,14 @@ class EvaluationSummary:
     missing_predictions: tuple[str, ...]
     resampled_cases: tuple[str, ...]
     labels: dict[int, LabelSummary]
-    detection: dict[str, Any] | None = None
+    #: Lesion detection (``evaluate --detection``); read back without its per-lesion rows (``detection.csv``).
+    detection: DetectionResult | None = None
     format: str = field(default=SUMMARY_FORMAT)
 
     @classmethod
     def of(cls, result: EvaluationResult, version: str) -> EvaluationSummary:
-        det = result.detection.to_json() if result.detection is not None else None
         return cls(version, result.settings, result.cases, result.missing_predictions, result.resampled,
-                   result.summary, det)
+                   result.summary, result.detection)
 
     def to_json(self) -> dict[str, Any]:
         doc = json_safe({
@@ -213,7 +213,7 @@ class EvaluationSummary:
             "resampled_cases": list(self.resampled_cases),
             "empty_counts": {str(k): dict(v.empty) for k, v in self.labels.items()},
             "labels": {str(k): v.to_json() for k, v in self.labels.items()},
-            **({"detection": self.detection} if self.detection is not None else {}),
+            **({"detection": self.detection.to_json()} if self.detection is not None else {}),
         })
         return doc if isinstance(doc, dict) else {}
 
@@ -224,7 +224,8 @@ class EvaluationSummary:
                              hint=f"this medpipe writes {SUMMARY_FORMAT}")
         return cls(str(d["medpipe_version"]), EvaluationSettings.from_json(d["settings"]), tuple(d["cases"]),
                    tuple(d["missing_predictions"]), tuple(d["resampled_cases"]),
-                   {int(k): LabelSummary.from_json(v) for k, v in d["labels"].items()}, d.get("detection"))
+                   {int(k): LabelSummary.from_json(v) for k, v in d["labels"].items()},
+                   DetectionResult.from_json(det) if isinstance(det := d.get("detection"), dict) else None)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from medpipe.inference.inputs import LoadedCase, collect_inputs, load_case
 from medpipe.inference.predictor import Predictor, find_checkpoint
 from medpipe.io.atomic import atomic_path, ensure_writable_dir, write_bytes_atomic, write_json_atomic
 from medpipe.io.geometry import Grid, grid_of, require_same_grid
-from medpipe.io.nifti import load_label
+from medpipe.io.nifti import load_label, nifti_image
 from medpipe.labels import label_scores
 from medpipe.runtime import versions
 from medpipe.transforms import classification_preprocess, preprocess
@@ -110,9 +110,7 @@ def _resample(arr: np.ndarray, src_affine: Any, dst: Grid, mode: str) -> np.ndar
 
 def write_map(path: Path, data: np.ndarray, grid: Grid) -> Path:
     """A float32 NIfTI map on ``grid`` (qform = sform), written atomically and re-read to check its grid."""
-    img = nib.Nifti1Image(data.astype(np.float32), grid.affine)
-    img.set_qform(grid.affine, code=1)
-    img.set_sform(grid.affine, code=1)
+    img = nifti_image(data.astype(np.float32), grid.affine, "medpipe explanation map")
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
         require_same_grid(grid_of(cast(nib.Nifti1Image, nib.load(str(tmp)))), grid, path, what="written map grid")

@@ -13,7 +13,8 @@ import numpy as np
 
 from medpipe.errors import InputError, OutputError
 from medpipe.inference.inputs import InputCase, LoadedCase
-from medpipe.io.dicom.seg import DicomOutput
+from medpipe.io.dicom.seg import Algorithm, DicomOutput, write_seg
+from medpipe.labels import label_table
 
 FORMATS: tuple[str, ...] = ("nifti", "dicom-seg", "rtstruct")
 DICOM_FORMATS: tuple[str, ...] = ("dicom-seg", "rtstruct")
@@ -59,9 +60,6 @@ def check_case(case: LoadedCase, formats: Sequence[str]) -> None:
 def write_dicom_outputs(case: LoadedCase, labels: np.ndarray, out_dir: Path, formats: Sequence[str], *,
                         cfg: Any, model_sha256: str, seg_type: str = "binary") -> dict[str, DicomOutput]:
     """Write the requested DICOM outputs of ``labels`` (I, J, K on ``case.grid``); returns their sidecar records."""
-    from medpipe.io.dicom.seg import Algorithm, write_seg
-    from medpipe.labels import label_table
-
     records: dict[str, DicomOutput] = {}
     wanted = [f for f in formats if f in DICOM_FORMATS]
     if not wanted:

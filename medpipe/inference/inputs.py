@@ -6,15 +6,19 @@ finite values, positive spacing, a sane affine, and all channels on one grid.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from medpipe.errors import InputError
+from medpipe.io.dicom import is_dicom_folder, read_dicom_volume
+from medpipe.io.dicom.naming import output_stem
 from medpipe.io.dicom.options import DicomOptions
 from medpipe.io.dicom.provenance import DicomProvenance
 from medpipe.io.geometry import Grid, require_same_grid
@@ -103,8 +107,6 @@ def _channel_pattern(channels: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def _is_dicom_dir(path: Path) -> bool:
-    from medpipe.io.dicom import is_dicom_folder
-
     return is_dicom_folder(path)
 
 
@@ -233,8 +235,6 @@ def _stored_integer_type(path: Path) -> type:
     """The integer type a NIfTI file stores its voxels in when that type has at most 16 bits and no scaling
     applies (reading it as is is exact), else float32. The header is validated first (a broken file is an
     :class:`InputError` naming it)."""
-    import nibabel as nib
-
     inspect_nifti(path)
     img: Any = nib.load(str(path))
     dtype = np.dtype(img.get_data_dtype())
@@ -259,10 +259,6 @@ def ct_intensity_check(case: LoadedCase, *, strict: bool = True) -> HuCheck:
 
 
 def _load_dicom(case: InputCase, n_channels: int, options: DicomOptions) -> LoadedCase:
-    import hashlib
-
-    from medpipe.io.dicom import read_dicom_volume
-
     folder = Path(case.dicom_dir or "")
     vol = read_dicom_volume(folder, options)
     if n_channels != 1:
@@ -270,7 +266,6 @@ def _load_dicom(case: InputCase, n_channels: int, options: DicomOptions) -> Load
     arr = np.asarray(vol.array, dtype=np.float32)
     grid = Grid((arr.shape[0], arr.shape[1], arr.shape[2]), np.asarray(vol.affine, dtype=float))
     digest = hashlib.sha256(arr.tobytes() + grid.affine.tobytes()).hexdigest()
-    from medpipe.io.dicom.naming import output_stem
 
     # Named like `medpipe convert` names it: series label + description, never patient data or folder names.
     case_id = case.case_id or output_stem(vol.label or str(vol.series_number or 0), vol.description)

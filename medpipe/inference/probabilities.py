@@ -35,6 +35,7 @@ from medpipe.inference.export import resampled_slabs
 from medpipe.inference.predictor import as_distribution, entropy
 from medpipe.io.atomic import atomic_path
 from medpipe.io.geometry import Grid
+from medpipe.io.nifti import nifti_image
 
 #: Quantisation step of the stored maps: value = byte / 255.
 SCALE = 1.0 / 255.0
@@ -97,11 +98,7 @@ def write_maps(path: str | Path, data: np.ndarray, source: Grid) -> Path:
     """Write uint8 maps (I, J, K, C) as 4D NIfTI on ``source`` with ``scl_slope = 1/255``; atomic, and re-read
     to check shape and affine."""
     path = Path(path)
-    img = nib.Nifti1Image(data, source.affine)
-    img.set_qform(source.affine, code=1)
-    img.set_sform(source.affine, code=1)
-    img.header.set_data_dtype(np.uint8)
-    img.header.set_slope_inter(SCALE, 0.0)
+    img = nifti_image(data.astype(np.uint8, copy=False), source.affine, "medpipe probabilities", slope=SCALE)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
         back = cast(nib.Nifti1Image, nib.load(str(tmp)))

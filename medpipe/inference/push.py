@@ -11,6 +11,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+
 from medpipe.errors import ConfigError, MedpipeError
 from medpipe.inference.sidecar import CasePush, read_sidecar
 from medpipe.io.atomic import write_json_atomic
@@ -71,9 +74,6 @@ def _push(seg: Path, server: str, target: PushTarget) -> CasePush:
 
 
 def _already_pushed(side: Path, seg: Path, server: str) -> CasePush | None:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     record = read_sidecar(side)
     prior = record.dicomweb_push if record is not None else None
     if prior is None:

@@ -3,8 +3,8 @@
 A CT in HU holds air (about -1000) or at least fat (about -100) somewhere in its field of view, and its values span
 hundreds of units. Three kinds of input break that and silently ruin a CT model's output (BAD-INPUTS N8):
 normalised data (values span a few units), data rescaled to a display range such as uint8 0..255, and stored
-values whose rescale intercept was lost (everything >= 0, soft tissue near 1000-1100). The DICOM reader, the
-inference pre-flight and ``medpipe info`` all ask :func:`check_ct_hu`; there is no second rule.
+values whose rescale intercept was lost (everything >= 0, soft tissue near 1000-1100). The DICOM reader and the
+inference pre-flight both ask :func:`check_ct_hu`; there is no second rule (``medpipe info`` reads headers only).
 """
 
 from __future__ import annotations

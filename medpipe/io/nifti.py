@@ -261,14 +261,15 @@ def label_dtype(max_label: int) -> type:
     return np.uint8 if max_label <= 255 else np.uint16
 
 
-def nifti_image(data: np.ndarray, affine: np.ndarray, descrip: str) -> nib.Nifti1Image:
+def nifti_image(data: np.ndarray, affine: np.ndarray, descrip: str, slope: float = 1.0) -> nib.Nifti1Image:
     """The ONE header policy of every NIfTI medpipe writes: ``data`` stored in its own dtype, slope 1 /
-    intercept 0 (values are what they say), qform = sform = ``affine`` (code 1, scanner), units mm and s, and a
-    short ``descrip`` naming the writer (never patient data)."""
+    intercept 0 (values are what they say; only quantised maps state another ``slope``, e.g. 1/255 for
+    probabilities stored as uint8), qform = sform = ``affine`` (code 1, scanner), units mm and s, and a short
+    ``descrip`` naming the writer (never patient data)."""
     img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
     header = img.header
     header.set_data_dtype(data.dtype)
-    header.set_slope_inter(1.0, 0.0)
+    header.set_slope_inter(slope, 0.0)
     header.set_xyzt_units("mm", "sec")
     header["descrip"] = descrip.encode("ascii")[:79]
     img.set_qform(affine, code=1)

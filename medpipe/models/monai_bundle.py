@@ -23,7 +23,8 @@ import yaml
 
 from medpipe.config import PipelineConfig, config_from_dict
 from medpipe.errors import CheckpointError, ConfigError
-from medpipe.models.manifest import Architecture, Manifest
+from medpipe.models.manifest import Architecture, Fold, Manifest
+from medpipe.runtime import versions
 
 NETWORKS = ("UNet", "DynUNet", "SegResNet", "SwinUNETR")
 #: Transforms that move data around without changing values, which medpipe's own chain does implicitly.
@@ -274,10 +275,8 @@ def bundle_config(bundle: Path) -> tuple[PipelineConfig, Architecture, dict[str,
 def import_monai_bundle(bundle: Path, dest: Path, licence: str | None = None) -> Manifest:
     """Write the package of a MONAI bundle to ``dest``; refusals name the bundle file and key."""
     from medpipe.models.factory import build_network
-    from medpipe.models.manifest import Fold
     from medpipe.models.package import safetensors_bytes, write_package
     from medpipe.models.packaging import manifest_from_config
-    from medpipe.runtime import versions
 
     cfg, arch, meta = bundle_config(bundle)
     if cfg.out_channels != int(arch.args.get("out_channels", cfg.out_channels)):

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import cast
 
+import nibabel as nib
 import numpy as np
 
 from medpipe.config import PipelineConfig
@@ -47,8 +48,6 @@ def loader_workers(requested: int | str, world_size: int = 1) -> tuple[int, str 
 def cache_bytes(cfg: PipelineConfig, cases: list[Case]) -> int:
     """Estimated bytes of the preprocessed cases in memory (float32 image channels + label, at the target
     spacing), from the file headers only."""
-    import nibabel as nib
-
     target = np.asarray(cfg.transforms.spacing_mm, dtype=float)
     total = 0.0
     for case in cases:

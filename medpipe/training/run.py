@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medpipe.config import PipelineConfig
+from medpipe.datasets import FORMATS
 from medpipe.errors import CheckpointError, ConfigError
 from medpipe.io.atomic import ensure_writable_dir
 from medpipe.runtime import device_reason, resolve_device
@@ -50,8 +51,6 @@ def apply_overrides(cfg: PipelineConfig, *, data_root: Path | None = None, epoch
     if data_root is not None:
         data["root"] = str(Path(data_root).resolve())
     if fmt is not None:
-        from medpipe.datasets import FORMATS
-
         if fmt not in ("auto", *FORMATS):
             raise ConfigError(f"--format {fmt}: unknown layout", hint="one of auto, " + ", ".join(FORMATS))
         data["format"] = fmt

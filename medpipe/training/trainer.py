@@ -24,9 +24,8 @@ from medpipe.datasets import data_identity, preflight, select_split
 from medpipe.datasets.classes import case_classes, load_task_dataset
 from medpipe.errors import CheckpointError, ConfigError, DatasetError, OutputError, TrainingError
 from medpipe.evaluation.evaluate import score_arrays
-from medpipe.evaluation.metrics.regions import Region
 from medpipe.io.atomic import write_json_atomic, write_text_atomic
-from medpipe.labels import label_scores
+from medpipe.labels import Region, label_scores
 from medpipe.models.checkpoint import load_checkpoint, save_checkpoint
 from medpipe.models.factory import build_model, uses_deep_supervision
 from medpipe.models.trainrange import training_range

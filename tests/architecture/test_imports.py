@@ -162,6 +162,32 @@ def test_no_local_imports_in_modules_that_import_torch_at_the_top() -> None:
     assert not bad, "\n".join(bad)
 
 
+def _loaded_at_import(module: str) -> set[str]:
+    """The medpipe modules importing ``module`` loads: its top-level imports, their packages, and theirs in turn."""
+    seen: set[str] = set()
+    stack = [module]
+    while stack:
+        for target in TOP_IMPORTS.get(stack.pop(), set()):
+            parts = target.split(".")
+            for name in (".".join(parts[:i]) for i in range(2, len(parts) + 1)):
+                if name in MODULES and name not in seen:
+                    seen.add(name)
+                    stack.append(name)
+    return seen
+
+
+def test_function_level_imports_buy_something() -> None:
+    """A function-level import of the standard library, or of a medpipe module that importing this module loads
+    anyway, defers nothing: it belongs at the top (fast ``--help`` and optional dependencies are what buy)."""
+    import sys
+
+    bad = sorted(f"{m}:{line} imports {t} inside a function ({why})" for m, items in LOCAL_IMPORTS.items()
+                 for line, t in items
+                 for why in [("standard library" if t.split(".")[0] in sys.stdlib_module_names else
+                              "loaded at import anyway" if t in _loaded_at_import(m) else "")] if why)
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.parametrize("command", [["--help"], ["infer", "--help"], ["train", "--help"]])
 def test_help_imports_neither_torch_nor_monai(command: list[str]) -> None:
     import subprocess
@@ -225,3 +251,19 @@ def test_each_part_imports_only_what_it_may() -> None:
     bad = sorted(f"{a} -> {b}" for a, targets in EDGES.items() for b in targets
                  if _part(b) in FORBIDDEN.get(_part(a), set()))
     assert not bad, "imports against the layering of docs/architecture.md:\n" + "\n".join(bad)
+
+
+def test_readme_layout_and_architecture_doc_name_every_part() -> None:
+    """README's layout block and docs/architecture.md's table name every package and root module there is."""
+    repo = ROOT.parent
+    readme = (repo / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    arch = (repo / "docs" / "architecture.md").read_text()
+    packages = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
+    modules = sorted(p.name for p in ROOT.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert "docs/architecture.md" in layout
+    missing = [f"README layout: {p}/" for p in packages if f"{p}/" not in layout]
+    missing += [f"README layout: {m}" for m in modules if m not in layout]
+    missing += [f"docs/architecture.md: `{p}/`" for p in packages if f"`{p}/`" not in arch]
+    missing += [f"docs/architecture.md: `{m}`" for m in modules if f"`{m}`" not in arch]
+    assert not missing, "\n".join(missing)

@@ -73,12 +73,14 @@ def test_names_with_brackets_and_long_names_are_shown_whole(trained_run: tuple[P
                                                            tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
-    long_name = "series[3-2]_" + "x" * 90
+    # "[arterial 3-2]" has the shape of a rich markup tag: unescaped, rich would swallow it (and the "[3-2]")
+    long_name = "series[arterial 3-2]_" + "x" * 90
     shutil.copy(kits / "case_00001" / "imaging.nii.gz", folder / f"{long_name}.nii.gz")
     res = runner.invoke(app, ["infer", str(trained_run[0]), str(folder), "-o", str(tmp_path / "o"),
                               "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert long_name in res.output  # not eaten as markup, not folded or cut at 80 columns
+    assert "series_x" not in res.output  # nowhere (the results table's case cell included) without its brackets
 
 
 def test_help_shows_flags_without_a_value_and_the_series_labels() -> None:
@@ -219,3 +221,23 @@ def test_dataset_check_reports_progress_per_case(kits: Path) -> None:  # noqa: F
     n = len(seen)
     assert n and seen[-1][1] == n and sorted(d for d, _ in seen) == list(range(1, n + 1))
 
+
+
+def test_markup_shaped_names_survive_every_kind_of_cli_output(tmp_path: Path) -> None:
+    """Case names and paths shaped like rich markup tags ("[arterial 3-2]") are shown as they are in table rows,
+    captions and the lines naming output files (here: evaluate's label row, missing-case caption, report path)."""
+    from tests.conftest import make_affine, save_nifti
+
+    pred, ref, out = tmp_path / "pred", tmp_path / "ref", tmp_path / "out[b 1]"
+    pred.mkdir()
+    ref.mkdir()
+    mask = np.zeros((6, 6, 4), np.uint8)
+    mask[1:4, 1:4, 1:3] = 1
+    for case in ("a", "ct[arterial 3-2]"):
+        save_nifti(ref / f"{case}.nii.gz", mask, make_affine())
+    save_nifti(pred / "a.nii.gz", mask, make_affine())
+    res = runner.invoke(app, ["evaluate", str(pred), str(ref), "-o", str(out), "--labels", "1=kidney[left]"])
+    assert res.exit_code == 0, res.output
+    assert "ct[arterial 3-2]" in res.output  # the caption: no prediction for this reference case
+    assert "1 kidney[left]" in res.output  # the label row
+    assert f"report: {out / 'report.html'}" in _flat(res.output)

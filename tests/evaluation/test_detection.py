@@ -12,11 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from medpipe.cli import app
-from medpipe.errors import ConfigError
+from medpipe.errors import ConfigError, InputError
 from medpipe.evaluation.detection import (
     FROC_RATES,
     SCORE_PROBABILITY,
     SCORE_VOLUME,
+    DetectionResult,
+    LabelDetection,
     MatchRule,
     detect_case,
     froc_at,
@@ -25,6 +27,7 @@ from medpipe.evaluation.detection import (
 )
 from medpipe.evaluation.evaluate import evaluate
 from medpipe.evaluation.lesions import lesion_table, write_lesion_csv
+from medpipe.evaluation.result import EvaluationSummary, json_safe
 from medpipe.io.geometry import Grid
 from tests.conftest import make_affine, save_nifti
 
@@ -119,6 +122,9 @@ def test_froc_on_a_built_set_matches_the_hand_count(tmp_path: Path) -> None:
     assert {float(r["score"]) for r in rows if r["kind"] == "pred"} == {0.95, 0.9, 0.8, 0.6, 0.5, 0.3, 0.2}
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["detection"]["labels"]["1"]["tp"] == 3 and summary["detection"]["rule"]["kind"] == "overlap"
+    back = EvaluationSummary.from_json(summary)  # the detection block is a typed record, not a loose dict
+    assert back.to_json() == summary and back.detection is not None
+    assert (back.detection.rule, back.detection.score, back.detection.labels) == (det.rule, det.score, det.labels)
     page = (tmp_path / "report" / "report.html").read_text()
     assert "Lesion detection" in page and 'alt="FROC curve"' in page and "IoU &gt; 0.1" in page
 
@@ -149,3 +155,18 @@ def test_cli_detection_flags_and_lesion_mode_still_work(tmp_path: Path) -> None:
                                    "--match", "nearest"])
     assert bad.exit_code == 1 and "overlap or centroid" in bad.output
     assert not math.isnan(json.loads((tmp_path / "r" / "summary.json").read_text())["detection"]["labels"]["1"]["cpm"])
+
+
+def test_detection_record_reads_back_undefined_ratios_and_refuses_another_version() -> None:
+    none = LabelDetection(2, "cyst", 3, 0, 1, 0, 1, 0, math.nan, 0.0, math.nan,
+                          tuple((r, math.nan) for r in FROC_RATES), math.nan, ((0.0, math.nan), (1 / 3, math.nan)))
+    det = DetectionResult(MatchRule("centroid", distance_mm=4.0, min_volume_ml=0.5), SCORE_VOLUME, (none,), ())
+    doc = json.loads(json.dumps(json_safe(det.to_json())))  # as summary.json holds it: NaN written as null
+    back = DetectionResult.from_json(doc)
+    assert back.rule == det.rule and back.score == SCORE_VOLUME and back.lesions == ()
+    (label,) = back.labels
+    assert math.isnan(label.sensitivity) and math.isnan(label.cpm) and label.precision == 0.0
+    assert math.isnan(label.froc[0][1]) and label.curve[1][0] == pytest.approx(1 / 3)
+    assert json_safe(back.to_json()) == doc
+    with pytest.raises(InputError, match="format version 99"):
+        DetectionResult.from_json({**doc, "format_version": 99})

@@ -7,11 +7,10 @@ from pathlib import Path
 
 from medpipe.datasets.layouts.base import Case, Dataset, Found, find, subdirs, visible_nifti
 from medpipe.io.nifti import case_id_from_path
+from medpipe.labels import BRATS2021_LABELS, BRATS2023_LABELS
 
 BRATS2023_CHANNELS = ("t1n", "t1c", "t2w", "t2f")
 BRATS2021_CHANNELS = ("t1", "t1ce", "t2", "flair")
-BRATS2023_LABELS = {0: "background", 1: "necrosis", 2: "edema", 3: "enhancing"}
-BRATS2021_LABELS = {0: "background", 1: "necrosis", 2: "edema", 4: "enhancing"}
 
 
 def _looks_like(root: Path, fmt: str) -> bool:

@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medpipe.datasets.layouts.base import Case, Dataset, Found, find, subdirs
-
-KITS_LABELS = {0: "background", 1: "kidney", 2: "tumor", 3: "cyst"}
+from medpipe.labels import KITS_LABELS
 
 
 def looks_like(root: Path) -> bool:

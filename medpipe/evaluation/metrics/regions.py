@@ -3,7 +3,8 @@
 BraTS: whole tumour (WT), tumour core (TC), enhancing tumour (ET) from the 2023 labels {1 NETC, 2 SNFH, 3 ET}
 or the older {1 NCR/NET, 2 ED, 4 ET}; the convention is read from the values present in each case (a case
 that holds neither 3 nor 4 scores identically under both). KiTS23: hierarchical evaluation classes
-kidney_and_mass {1, 2, 3}, mass {2, 3}, tumor {2} with the official surface-Dice tolerances.
+kidney_and_mass {1, 2, 3}, mass {2, 3}, tumor {2} with the official surface-Dice tolerances. The label maps and the
+regions themselves live in :mod:`medpipe.labels`; this module holds how each preset scores them.
 """
 
 from __future__ import annotations
@@ -14,19 +15,20 @@ from dataclasses import dataclass
 from medpipe.errors import ConfigError, InputError
 from medpipe.evaluation.metrics.empty import BRATS_POLICY, DEFAULT_POLICY, EmptyPolicy
 from medpipe.evaluation.metrics.lesions import BRATS_GLI_RULE, LesionRule
+from medpipe.labels import (
+    BRATS2021_LABELS,
+    BRATS2023_LABELS,
+    BRATS_2023,
+    BRATS_LEGACY,
+    KITS_LABELS,
+    KITS_REGIONS,
+    Region,
+)
+
+__all__ = ["BRATS_2023", "BRATS_LEGACY", "KITS_REGIONS", "PRESETS", "Preset", "Region", "get_preset", "tolerance_for"]
 
 #: Default NSD tolerance (mm): the value TotalSegmentator's evaluator uses, so numbers compare.
 DEFAULT_NSD_TOLERANCE_MM = 3.0
-
-
-@dataclass(frozen=True)
-class Region:
-    """A scored mask: the voxels whose label is in ``values``. ``id`` fills the ``label`` column."""
-
-    id: int
-    name: str
-    values: tuple[int, ...]
-    nsd_tolerance_mm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,6 @@ class Preset:
         return [Region(v, name, (v,)) for v, name in sorted(names.items()) if v != 0]
 
 
-BRATS_2023 = (Region(1, "WT", (1, 2, 3)), Region(2, "TC", (1, 3)), Region(3, "ET", (3,)))
-BRATS_LEGACY = (Region(1, "WT", (1, 2, 4)), Region(2, "TC", (1, 4)), Region(3, "ET", (4,)))
-#: KiTS23 HECs and tolerances from neheller/kits23 ``kits23/configuration/labels.py``.
-KITS_REGIONS = (
-    Region(1, "kidney_and_mass", (1, 2, 3), 1.0330772532390826),
-    Region(2, "mass", (2, 3), 1.1328796488598762),
-    Region(3, "tumor", (2,), 1.1498198361434828),
-)
-
-
 def _brats_regions(values: set[int], path: object) -> list[Region]:
     if 3 in values and 4 in values:
         raise InputError(
@@ -77,11 +69,11 @@ PRESETS: dict[str, Preset] = {
         "BraTS WT/TC/ET regions, BraTS-2023 lesion-wise scoring (GLI rule: 3 dilations, lesions > 50 mm³)",
         BRATS_POLICY,
         BRATS_GLI_RULE,
-        frozenset({0, 1, 2, 3, 4}),
+        frozenset(BRATS2023_LABELS) | frozenset(BRATS2021_LABELS),
     ),
     "kits": Preset(
         "kits", "KiTS23 HECs kidney_and_mass/mass/tumor, NSD at the KiTS23 tolerances", DEFAULT_POLICY, None,
-        frozenset({0, 1, 2, 3}),
+        frozenset(KITS_LABELS),
     ),
 }
 

@@ -33,6 +33,7 @@ def test_every_spec_case_has_one_row_with_a_test_or_a_stated_gap() -> None:
     assert len(SPEC_IDS) == 80
     assert sorted(rows) == sorted(SPEC_IDS)
     for case, line in rows.items():
+        assert line.count("|") == 5, f"{case}: expected 4 cells (ID, bad input, behaviour, test)"
         assert NODE.search(line) or "not covered" in line or "not applicable" in line.lower(), case
 
 

@@ -25,8 +25,9 @@ def dataset_check(
     fingerprint: Annotated[Path | None, typer.Option("--out", "-o", help="Write the fingerprint JSON here.")] = None,
     allow_duplicates: Annotated[bool, typer.Option("--allow-duplicates", help="Identical images are warnings, not "
                                                    "errors (recorded in the fingerprint's overrides).")] = False,
-    qc_dir: Annotated[Path | None, typer.Option("--qc-dir", help="Write overlay PNGs of implausible labels here "
-                                                "(default: <fingerprint>-qc/ beside --out).")] = None,
+    qc_dir: Annotated[Path | None, typer.Option("--qc-dir", help="Write overlay PNGs of implausible labels, and "
+                                                "of labels on another grid than their image, here (default: "
+                                                "<fingerprint>-qc/ beside --out).")] = None,
 ) -> None:
     """Integrity report before training (missing files, channels, grids, label values, NaN/Inf, outliers,
     duplicates) and the dataset fingerprint. Exit code 1 when there are errors."""

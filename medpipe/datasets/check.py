@@ -21,7 +21,7 @@ import numpy as np
 
 from medpipe.datasets.fingerprint import CaseFacts, Fingerprint, build_fingerprint
 from medpipe.datasets.layouts import Case, Dataset, Issue, discover, raise_for
-from medpipe.datasets.plausibility import LabelIntensity, label_intensities, plausibility_issues
+from medpipe.datasets.plausibility import LabelIntensity, grid_overlays, label_intensities, plausibility_issues
 from medpipe.errors import InputError
 from medpipe.io.atomic import write_json_atomic
 from medpipe.io.geometry import Grid, describe_mismatch, grids_match
@@ -238,7 +238,8 @@ def check_dataset(root: str | Path, fmt: str = "auto", *, labels: dict[int, str]
                   qc_dir: Path | None = None) -> CheckReport:
     """Integrity report and fingerprint of a dataset. ``labels``/``channels`` (e.g. from a pipeline config)
     override what the layout declares. ``allow_duplicates``: identical images are warnings, not errors (the
-    override is recorded in the report). ``qc_dir``: where overlay PNGs of implausible labels go."""
+    override is recorded in the report). ``qc_dir``: where overlay PNGs of implausible labels, and of labels whose
+    grid disagrees with the image's, go."""
     ds = discover(root, fmt)
     label_map = labels if labels is not None else ds.labels
     names = channels if channels is not None else ds.channel_names
@@ -246,8 +247,8 @@ def check_dataset(root: str | Path, fmt: str = "auto", *, labels: dict[int, str]
     facts, issues = run_checks(list(ds.cases), label_map, len(names), read_images=read_images, workers=workers,
                                on_case=on_case, label_stats=stats)
     by_id = {c.case_id: c for c in ds.cases}
-    issues = [*ds.issues, *issues, *_outliers(facts, ds.root), *_duplicates(facts, by_id, allow_duplicates),
-              *plausibility_issues(stats, by_id, qc_dir)]
+    issues = [*ds.issues, *grid_overlays(issues, by_id, qc_dir), *_outliers(facts, ds.root),
+              *_duplicates(facts, by_id, allow_duplicates), *plausibility_issues(stats, by_id, qc_dir)]
     fingerprint = build_fingerprint(ds, facts, label_map, names, issues)
     return CheckReport(ds, issues, facts, fingerprint, ("allow_duplicates",) if allow_duplicates else ())
 

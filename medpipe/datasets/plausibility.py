@@ -13,12 +13,13 @@ standard deviation under the label, case ``c`` is an outlier when
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
 from medpipe.datasets.layouts import Case, Issue
 from medpipe.io.atomic import write_bytes_atomic
@@ -84,6 +85,33 @@ def plausibility_issues(stats: dict[str, dict[int, LabelIntensity]], cases: dict
                 f"({abs(s.median - centre) / scale:.1f} spreads away after per-case normalisation): is the label "
                 f"flipped or from another image?{where}"))
     return issues
+
+
+def grid_overlays(issues: list[Issue], cases: dict[str, Case], qc_dir: Path | None) -> list[Issue]:
+    """``issues`` with an overlay PNG ``<case>_grid.png`` named in each label-grid error whose label has the
+    image's shape (BAD-INPUTS S3): the label drawn voxel for voxel over the image, for a reviewer to judge whether
+    the label or its header is wrong. Other issues, and every issue without ``qc_dir``, are returned unchanged."""
+    if qc_dir is None:
+        return issues
+    out = []
+    for issue in issues:
+        case = cases.get(issue.case_id)
+        if (issue.check == "grid" and case is not None and case.label is not None and issue.path == str(case.label)
+                and case.images):
+            try:
+                label = cast(nib.Nifti1Image, nib.load(str(case.label)))
+                image = cast(nib.Nifti1Image, nib.load(str(case.images[0])))
+                same_shape = tuple(label.shape[:3]) == tuple(image.shape[:3])
+                values = np.unique(np.asanyarray(label.dataobj)) if same_shape else np.array([])
+            except (OSError, ValueError, EOFError, ImageFileError):  # refused already: the error stands alone
+                same_shape = False
+            foreground = [int(v) for v in values if v != 0] if same_shape else []
+            if foreground:
+                png = Path(qc_dir) / f"{issue.case_id}_grid.png"
+                write_bytes_atomic(png, overlay_png(case.images[0], case.label, foreground[0]))
+                issue = replace(issue, message=f"{issue.message}; overlay (voxel for voxel): {png}")
+        out.append(issue)
+    return out
 
 
 def overlay_png(image_path: Path, label_path: Path, value: int) -> bytes:

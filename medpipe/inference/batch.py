@@ -278,16 +278,18 @@ def open_case(seg: Predictor, case: InputCase, out_dir: Path, options: CaseOptio
         raise InputError(f"output name collision: two inputs give case '{loaded.case_id}'",
                          path=case.files[0] if case.files else case.dicom_dir)
     seen.add(loaded.case_id)
+    transform = loaded.provenance.spatial_transform  # qform/sform disagreement (N1): said, not only recorded
+    note = "; ".join(x for x in (case.note, transform.warning if transform else None) if x) or None
     extra = extra_outputs(loaded.case_id, options.save_probabilities, options.save_uncertainty)
     if not options.overwrite and (done := already_done(out_dir, loaded, seg.model_sha256, seg.cfg.digest(),
                                                        options.formats, extra)):
-        return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0, note=case.note)
+        return CaseResult(loaded.case_id, "skipped", done, seconds=time.perf_counter() - t0, note=note)
     dicom_outputs.check_case(loaded, options.formats)
     hu = (ct_intensity_check(loaded, strict=not options.allow_non_hu)
           if seg.cfg.transforms.intensity == "ct_window" else None)
     far = (out_of_range(seg.training_range, loaded.array, loaded.grid.affine, loaded.grid.spacing_mm)
            if seg.training_range is not None else ())
-    return Opened(loaded, hu, t0, case.note, tuple(far))
+    return Opened(loaded, hu, t0, note, tuple(far))
 
 
 def write_case(seg: Predictor, opened: Opened, out_dir: Path, options: CaseOptions,

@@ -1,6 +1,7 @@
 """BAD-INPUTS cases on datasets, evaluation and NIfTI headers, each built from scratch: L6 (a label flipped
 against its image is named, with an overlay PNG), S5 override (--allow-duplicates, recorded), evaluate's input
-grid tolerance relative to the voxel size, N1 (qform/sform disagreement reported and recorded)."""
+grid tolerance relative to the voxel size, N1 (qform/sform disagreement reported and recorded), S4 (a channel
+on another grid), S3 (a label header that disagrees: error and overlay)."""
 
 from __future__ import annotations
 
@@ -114,3 +115,40 @@ def test_qform_sform_disagreement_is_reported_in_info_and_the_sidecar_record(tmp
     assert res.exit_code == 0 and "qform and sform disagree by up to 10 mm; the sform is used" in res.output
     case = load_case(InputCase("img", (path,)), 1)
     assert case.provenance.to_json()["spatial_transform"] == {"used": "sform", "warning": info.transform_note}
+
+
+def test_a_channel_on_another_grid_is_refused_naming_the_channel_file(tmp_path: Path) -> None:
+    """S4: a BraTS case whose T2 file has 1.5 mm voxels where the other channels have 1 mm."""
+    from medpipe.inference.inputs import InputCase, load_case
+
+    root = make_layout(tmp_path / "brats", "brats2023", n=3)
+    cid = "BraTS-GLI-00001-000"
+    t2w = root / cid / f"{cid}-t2w.nii.gz"
+    img = nib.load(t2w)
+    save_nifti(t2w, np.asanyarray(img.dataobj), make_affine(spacing=(1.5, 1.5, 2.0)))
+    report = check_dataset(root, "brats2023")
+    (err,) = report.errors
+    assert err.case_id == cid and err.check == "grid" and err.path == str(t2w)
+    assert f"channel grid disagrees with {cid}-t1n.nii.gz" in err.message and "spacing" in err.message
+    channels = tuple(root / cid / f"{cid}-{ch}.nii.gz" for ch in ("t1n", "t1c", "t2w", "t2f"))
+    with pytest.raises(GeometryError, match=r"t2w.nii.gz: channel grid .*spacing \(1.5, 1.5, 2.0\) mm"):  # infer
+        load_case(InputCase(cid, channels), 4)
+
+
+def test_a_label_whose_affine_disagrees_is_an_error_with_an_overlay(tmp_path: Path) -> None:
+    """S3: the label's header has its x axis flipped (same shape): an error with both values and an overlay PNG of
+    the label drawn voxel for voxel over the image."""
+    root = tmp_path / "kits"
+    for i in range(3):
+        _kits_case(root, i)
+    seg = root / "case_00001" / "segmentation.nii.gz"
+    flipped = make_affine(spacing=(0.8, 0.8, 2.5), flips=(-1, 1, 1))
+    save_nifti(seg, np.asanyarray(nib.load(seg).dataobj), flipped, np.uint8)
+    report = check_dataset(root, "kits", labels=LABELS, qc_dir=tmp_path / "qc")
+    (err,) = report.errors
+    assert err.case_id == "case_00001" and err.check == "grid" and "label grid disagrees with the image" in err.message
+    png = tmp_path / "qc" / "case_00001_grid.png"
+    assert f"overlay (voxel for voxel): {png}" in err.message and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "qc" / "case_00000_grid.png").exists()
+    (plain,) = check_dataset(root, "kits", labels=LABELS).errors  # no --qc-dir: the error alone
+    assert plain.message == err.message.split("; overlay")[0]

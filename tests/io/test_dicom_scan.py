@@ -217,3 +217,27 @@ def test_malformed_headers_never_crash_the_scan(tmp_path):
         except MedpipeError:
             outcomes.add("refused")
     assert outcomes  # every case ended in a volume or a medpipe error, never another exception
+
+
+def test_an_executable_preamble_is_flagged_never_copied(tmp_path: Path) -> None:
+    """D22: a DICOM/PE polyglot (preamble starting with ``MZ``) is read as an image, flagged in ``info`` and in the
+    conversion's provenance, and the preamble never reaches an output."""
+    import json
+
+    from medpipe.io.dicom.convert import convert_dicom
+    from medpipe.io.inspect import info
+
+    def polyglot(ds, k: int) -> None:
+        if k == 2:
+            ds.preamble = b"MZ" + b"\x90" * 126
+
+    series = write_series(tmp_path / "in", edit=polyglot)
+    assert sum(f.read_bytes()[:2] == b"MZ" for f in series.files) == 1
+    (vol,) = info(series.folder).volumes
+    flag = "1 of 8 files have a preamble that starts with an executable header (MZ, CVE-2019-11687)"
+    assert any(flag in n for n in vol.notes), vol.notes
+    (out,) = convert_dicom(series.folder, tmp_path / "out").written
+    assert flag in " ".join(json.loads(out.sidecar.read_text())["decisions"])
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and b"MZ\x90\x90" in p.read_bytes()]
+    (clean,) = info(write_series(tmp_path / "clean").folder).volumes
+    assert not any("preamble" in n for n in clean.notes)

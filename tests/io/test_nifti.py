@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -28,6 +29,22 @@ def _patch(path: Path, offset: int, fmt: str, *values: float) -> None:
     path.write_bytes(bytes(raw))
 
 
+def _broken_link(path: Path) -> Path:
+    path.symlink_to(path.parent / "gone.nii.gz")
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads a chmod 000 file")
+def test_unreadable_file_names_the_errno_text(tmp_path: Path) -> None:
+    path = _img(tmp_path, np.zeros((4, 4, 4), np.int16))
+    path.chmod(0)
+    try:
+        with pytest.raises(InputError, match="cannot read file: Permission denied"):
+            load_nifti(path)
+    finally:
+        path.chmod(0o644)
+
+
 def test_loads_valid_volume_and_reports_spacing(tmp_path: Path) -> None:
     p = _img(tmp_path, np.zeros((4, 5, 6), np.int16))
     data, info = load_nifti(p)
@@ -43,6 +60,7 @@ def test_loads_valid_volume_and_reports_spacing(tmp_path: Path) -> None:
         (lambda d: _write(d / "text.nii", b"hello, not an image"), "not a readable NIfTI"),
         (lambda d: _write(d / "fake.nii.gz", b"plain"), "not gzip"),
         (lambda d: d, "is a folder"),
+        (lambda d: _broken_link(d / "link.nii.gz"), "broken symbolic link"),
     ],
 )
 def test_bad_files_name_path_and_problem(tmp_path: Path, make, match: str) -> None:

@@ -82,6 +82,29 @@ def test_shm_plan_falls_back_to_the_main_process_when_dev_shm_is_small() -> None
     assert note is not None and "64 MiB free" in note and "128 MiB" in note and "--shm-size" in note
 
 
+def test_a_small_dev_shm_makes_the_loader_run_in_the_main_process_and_say_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medpipe.datasets import load_dataset
+    from medpipe.training import data as data_module
+    from medpipe.training.distributed import DistInfo
+
+    root = make_layout(tmp_path / "kits", "kits", n=3)
+    cfg = tiny(root, "kits", training={"num_workers": 2})
+    cases = list(load_dataset(root, "kits").cases)
+    plain: list[str] = []
+    if data_module.shm_plan(2, data_module.shm_need_bytes(cfg), data_module.shm_free_bytes()) is None:
+        assert data_module.build_loaders(cfg, cases[:2], cases[2:], "id", DistInfo(), "cpu",
+                                         plain).loader.num_workers == 2  # room enough: workers as asked
+    # Docker's default: 64 MiB of /dev/shm (the free space read from the file system is what changes)
+    monkeypatch.setattr(data_module, "shm_free_bytes", lambda folder=None: 64 * 2**20)
+    notices: list[str] = []
+    loaders = data_module.build_loaders(cfg, cases[:2], cases[2:], "id", DistInfo(), "cpu", notices)
+    assert loaders.loader.num_workers == 0
+    (note,) = notices
+    assert "/dev/shm has 64 MiB free" in note and "--shm-size" in note and "training.num_workers" in note
+    assert next(iter(loaders.loader))  # and the main-process loader delivers a batch
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE / SIGXFSZ")
 def test_a_checkpoint_write_that_fails_keeps_the_good_ones(tmp_path: Path, odd_kits: Path,

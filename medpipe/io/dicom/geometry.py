@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from medpipe.io.dicom.headers import Frame
+from medpipe.io.dicom.headers import Frame, executable_preamble
 from medpipe.io.dicom.scan import DUPLICATE_TOL_MM, VolumeCandidate
 
 #: LPS (DICOM patient coordinates) to RAS+ (nibabel/NIfTI world coordinates).
@@ -304,4 +305,9 @@ def candidate_notes(cand: VolumeCandidate) -> list[str]:
         notes.append(f"PatientPosition {'/'.join(positions)} recorded, not used: IOP/IPP are patient coordinates")
     if any(f.fmt.photometric == "MONOCHROME1" for f in frames):
         notes.append("MONOCHROME1: modality values kept as stored (inversion is for display only)")
+    files = sorted({f.path for f in frames})
+    flagged = sum(executable_preamble(Path(p)) for p in files)
+    if flagged:  # counted, not named: file names stay out of provenance
+        notes.append(f"{flagged} of {len(files)} files have a preamble that starts with an executable header (MZ, "
+                     "CVE-2019-11687): never run or copied (outputs are new files); check where they came from")
     return notes

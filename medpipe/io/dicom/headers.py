@@ -147,6 +147,17 @@ def sniff_dicom(path: Path) -> bool:
     return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[3:4] == b"\x00"
 
 
+def executable_preamble(path: Path) -> bool:
+    """Whether the 128-byte preamble of a DICOM file starts with a Windows executable header (``MZ``): a
+    DICOM/PE polyglot (CVE-2019-11687). medpipe never runs or copies a preamble; this only flags the file."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) >= 132 and head[128:132] == b"DICM" and head[:2] == b"MZ"
+
+
 def _floats(ds: Dataset | None, keyword: str, n: int) -> tuple[float, ...] | None:
     if ds is None or keyword not in ds:
         return None

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ OUTPUT_FORMAT = "medpipe-dicom-output/1"
 LIBRARY_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RuntimeError)
 #: Series number of derived series: the source's plus this (or this alone).
 SERIES_NUMBER_OFFSET = 1000
+#: highdicom's warning about a one-component person name quotes the name (patient data): never let it out.
+_PERSON_NAME_WARNING = r"The string .* is unlikely to represent the intended person name"
 
 
 @dataclass(frozen=True)
@@ -143,27 +146,30 @@ def build_seg(labels: np.ndarray, grid: Grid, source: SourceSeries, table: Seque
     labelmap = seg_type == "labelmap"
     empty = not volume.array.any()
     description = f"medpipe {algorithm.model_name}"[:64]
-    return hd.seg.Segmentation(
-        source_images=list(source.datasets),
-        pixel_array=volume,
-        segmentation_type=(hd.seg.SegmentationTypeValues.LABELMAP if labelmap
-                           else hd.seg.SegmentationTypeValues.BINARY),
-        segment_descriptions=segment_descriptions(table, algorithm),
-        series_instance_uid=hd.UID(),
-        series_number=_series_number(source),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="medpipe",
-        manufacturer_model_name=algorithm.model_name[:64] or "medpipe",
-        software_versions=f"medpipe {algorithm.version}",
-        device_serial_number=algorithm.model_sha256[:16] or "0",
-        transfer_syntax_uid=RLELossless if labelmap else ExplicitVRLittleEndian,
-        omit_empty_frames=not empty,  # an all-empty mask keeps its (empty) frames: a SEG needs at least one
-        content_label="MEDPIPE",
-        content_description=description,
-        series_description=description,
-        workers=workers,
-    )
+    with warnings.catch_warnings():
+        # a one-component PatientName (as anonymisers write it) is valid DICOM; highdicom's warning would print it
+        warnings.filterwarnings("ignore", message=_PERSON_NAME_WARNING, category=UserWarning)
+        return hd.seg.Segmentation(
+            source_images=list(source.datasets),
+            pixel_array=volume,
+            segmentation_type=(hd.seg.SegmentationTypeValues.LABELMAP if labelmap
+                               else hd.seg.SegmentationTypeValues.BINARY),
+            segment_descriptions=segment_descriptions(table, algorithm),
+            series_instance_uid=hd.UID(),
+            series_number=_series_number(source),
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="medpipe",
+            manufacturer_model_name=algorithm.model_name[:64] or "medpipe",
+            software_versions=f"medpipe {algorithm.version}",
+            device_serial_number=algorithm.model_sha256[:16] or "0",
+            transfer_syntax_uid=RLELossless if labelmap else ExplicitVRLittleEndian,
+            omit_empty_frames=not empty,  # an all-empty mask keeps its (empty) frames: a SEG needs at least one
+            content_label="MEDPIPE",
+            content_description=description,
+            series_description=description,
+            workers=workers,
+        )
 
 
 def write_seg(path: str | Path, labels: np.ndarray, grid: Grid, source_files: Sequence[Path],

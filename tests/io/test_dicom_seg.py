@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from medpipe.errors import GeometryError, OutputError
 from medpipe.io.dicom import read_dicom_volume
@@ -89,6 +90,9 @@ def test_seg_lands_on_the_nifti_mask(tmp_path: Path, orientation: str, seg_type:
     nifti, seg, out = _write(tmp_path, tmp_path / "dcm", seg_type=seg_type)
     _check_lands(nifti, seg)
     check_dciodvfy(seg, labelmap=seg_type == "labelmap")
+    # BINARY: native 1-bit frames (what viewers read); LABELMAP: the compact RLE-compressed form
+    syntax = pydicom.dcmread(seg, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert syntax == (RLELossless if seg_type == "labelmap" else ExplicitVRLittleEndian)
     # every frame references the source image at its own position
     _, _, frames = seg_points_pydicom(seg)
     by_uid = {str(pydicom.dcmread(f).SOPInstanceUID): np.asarray(pydicom.dcmread(f).ImagePositionPatient, float)

@@ -211,6 +211,7 @@ def test_real_jpeg2000_ct_labels_as_seg(tmp_path: Path) -> None:
     nifti = write_mask(tmp_path / "ct.nii.gz", labels, vol.grid)
     out = write_seg(tmp_path / "ct.seg.dcm", labels, vol.grid, vol.source_files, label_table(names), ALGO)
     assert any("SOPInstanceUID blank" in n for n in out.notes) and any("StudyInstanceUID" in n for n in out.notes)
+    assert {"StudyInstanceUID", "SeriesInstanceUID"} <= set(out.extra["derived_uids"])  # infer --push refuses it
     points, got, _ = seg_points_pydicom(tmp_path / "ct.seg.dcm")
     assert_points_on_mask(points, got, nifti, names)
     points, got = seg_points_highdicom(tmp_path / "ct.seg.dcm")

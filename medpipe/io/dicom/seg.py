@@ -202,5 +202,6 @@ def write_seg(path: str | Path, labels: np.ndarray, grid: Grid, source_files: Se
         segments={n: info.name for n, info in enumerate(table, start=1)},
         grid="repaired" if repaired else "source", frames=len(frames), frames_referencing_source=referencing,
         notes=tuple(notes),
-        extra={"segment_label_values": {str(n): info.value for n, info in enumerate(table, start=1)}},
+        extra={"segment_label_values": {str(n): info.value for n, info in enumerate(table, start=1)},
+               **({"derived_uids": list(source.derived_uids)} if source.derived_uids else {})},
     )

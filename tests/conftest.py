@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.services.flaky_proxy import flaky_orthanc  # noqa: F401  (that Orthanc behind an unreliable network)
 from tests.services.orthanc import orthanc  # noqa: F401  (session fixture: a real Orthanc with DICOMweb)
 from tests.services.tls_proxy import orthanc_tls  # noqa: F401  (the same Orthanc behind HTTPS)
 

@@ -171,6 +171,15 @@ def test_repaired_grid_seg_has_its_own_plane_positions(tmp_path: Path, repair: s
     nifti, seg, out = _write(tmp_path, tmp_path / "dcm", **read)
     assert out.grid == "repaired" and any("repaired grid" in n for n in out.notes)  # type: ignore[attr-defined]
     _check_lands(nifti, seg)
+    # the record counts the frames that reference a source image, not those that carry an empty (type 2) Derivation
+    # Image Sequence: uneven repair -> planes between the source images, none referenced; tilt repair -> each plane
+    # is coplanar with its source image but shifted in-plane, referenced with SpatialLocationsPreserved NO
+    _, _, frames = seg_points_pydicom(seg)
+    referencing = sum(bool(frame["refs"]) for frame in frames)
+    assert out.frames_referencing_source == referencing == (0 if repair == "uneven" else len(frames))  # type: ignore[attr-defined]
+    for item in pydicom.dcmread(seg).PerFrameFunctionalGroupsSequence:
+        for derivation in item.DerivationImageSequence:
+            assert all(src.SpatialLocationsPreserved == "NO" for src in derivation.SourceImageSequence)
     check_dciodvfy(seg)
 
 

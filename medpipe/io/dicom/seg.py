@@ -7,7 +7,8 @@
   category and type, colour, and the algorithm (medpipe, its version, the model name and sha256).
 * The mask is placed by highdicom's geometry (:mod:`medpipe.io.dicom.derived`): on the source grid every frame
   references its source image; on a repaired grid (``--allow-tilt``/``--allow-uneven``) the SEG carries its own
-  plane positions and references the source series as a whole.
+  plane positions and references the source series, and a source image only where a frame lies in its plane
+  (Spatial Locations Preserved NO: after a tilt repair the plane is the image's, shifted in-plane).
 * Study, patient and frame of reference come from the source (a SEG carries patient data, as a PACS needs); the
   series and instance UIDs are new. Written to a temporary file, then renamed.
 """
@@ -191,11 +192,12 @@ def write_seg(path: str | Path, labels: np.ndarray, grid: Grid, source_files: Se
     with atomic_path(path) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     frames = list(seg.PerFrameFunctionalGroupsSequence)
-    referencing = sum("DerivationImageSequence" in item for item in frames)
+    referencing = sum(bool(item.get("DerivationImageSequence")) for item in frames)  # type 2: may be present, empty
     notes = list(source.notes)
     if repaired:
         notes.append("the series was resampled (repair): the SEG lies on the repaired grid with its own plane "
-                     "positions and references the source series, not each frame's source image")
+                     "positions and references the source series; a frame references a source image only where it "
+                     "lies in that image's plane, with Spatial Locations Preserved NO")
     return DicomOutput(
         file=path.name, kind=f"dicom-seg ({seg_type})", series_uid=str(seg.SeriesInstanceUID),
         sop_instance_uid=str(seg.SOPInstanceUID),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.services.flaky_proxy import flaky_orthanc  # noqa: F401  (that Orthanc behind an unreliable network)
 from tests.services.orthanc import orthanc  # noqa: F401  (session fixture: a real Orthanc with DICOMweb)
 from tests.services.tls_proxy import orthanc_tls  # noqa: F401  (the same Orthanc behind HTTPS)
 
@@ -79,3 +82,19 @@ def phantom_files(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     image, labels = sphere_phantom((40, 36, 16), aff)
     return (save_nifti(tmp_path / "case_a.nii.gz", image, aff, np.int16),
             save_nifti(tmp_path / "case_a_seg.nii.gz", labels, aff, np.uint8), aff)
+
+
+@pytest.fixture(autouse=True)
+def _every_seg_passes_dciodvfy(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used ``tmp_path``: every DICOM SEG made by medpipe (or by the tests' own SEG builder)
+    that it left there passes dicom3tools' ``dciodvfy`` with no errors (LABELMAP: less the two lines of
+    ``tests.dicom_readback.LABELMAP_UNKNOWN_TO_DCIODVFY``); copies of third-party files are not checked. Skipped
+    where dicom3tools is not installed; ``.ci/run`` installs it."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if tmp is None or shutil.which("dciodvfy") is None:
+        return
+    from tests.dicom_readback import seg_dciodvfy_errors, seg_files
+
+    failures = {str(p.relative_to(tmp)): errors for p in seg_files(tmp) if (errors := seg_dciodvfy_errors(p))}
+    assert not failures, f"dciodvfy reports errors in the SEGs this test wrote: {failures}"

@@ -1,8 +1,10 @@
 """``medpipe infer --push URL``: after a successful case, send its DICOM SEG (``<case>.seg.dcm``) back to the
 DICOMweb server, and record the outcome in the case's sidecar under ``dicomweb_push``.
 
-A case counts as pushed only when the server confirmed the SEG instance; a re-run that skips an already
-segmented case still pushes it unless the sidecar records a confirmed push of the same SEG to the same server.
+A case counts as pushed only when the server confirmed the SEG instance. A SEG of a source series without Study or
+Series Instance UIDs (the writer derived them) is not sent: it could not join the source study. A re-run that skips
+an already segmented case still pushes it unless the sidecar records a confirmed push of the same SEG to the same
+server.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ def push_case(out_dir: Path, case_id: str, target: PushTarget) -> CasePush:
                                                                "(--push needs --format dicom-seg)")
     elif (done := _already_pushed(side, seg, server)) is not None:
         return done
+    elif missing := _source_uids_missing(side):
+        outcome = CasePush(server, seg.name, "failed", reason=(
+            f"the source images have no {' or '.join(missing)}, so the SEG (which carries UIDs medpipe derived) "
+            "cannot join the source study on the server; not sent. Give the source images their UIDs and re-run, "
+            "or send the SEG on purpose with medpipe push"))
     else:
         outcome = _push(seg, server, target)
     _record(side, outcome)
@@ -71,6 +78,14 @@ def _push(seg: Path, server: str, target: PushTarget) -> CasePush:
     (inst,) = result.instances
     return CasePush(result.server, seg.name, "ok" if inst.status == "stored" else "failed", inst.sop_instance_uid,
                     inst.study_uid, inst.series_uid, inst.reason)
+
+
+def _source_uids_missing(side: Path) -> list[str]:
+    """Study/Series Instance UIDs the source series lacked (the SEG writer derived them), from the sidecar."""
+    record = read_sidecar(side)
+    written = record.dicom_outputs.get("dicom-seg") if record is not None else None
+    derived = written.extra.get("derived_uids", []) if written is not None else []
+    return [k for k in ("StudyInstanceUID", "SeriesInstanceUID") if k in derived]
 
 
 def _already_pushed(side: Path, seg: Path, server: str) -> CasePush | None:

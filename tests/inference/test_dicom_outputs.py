@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -65,6 +66,11 @@ def test_infer_writes_seg_and_rtstruct_beside_the_mask(tmp_path: Path, checkpoin
     seg = pydicom.dcmread(out / f"{case}.seg.dcm")
     segment = seg.SegmentSequence[0]
     assert segment.SegmentLabel == "organ" and segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "64033007"
+    # the config's colour (red), as CIELab in the SEG (read back to RGB with highdicom) and as RGB in the RTSTRUCT
+    lab = hd.color.CIELabColor.from_dicom_value(segment.RecommendedDisplayCIELabValue)
+    assert np.allclose(lab.to_rgb(), (255, 0, 0), atol=1)
+    rt = pydicom.dcmread(out / f"{case}.rtstruct.dcm")
+    assert list(rt.ROIContourSequence[0].ROIDisplayColor) == [255, 0, 0]
     algo = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert "tiny-seg-test" in str(algo.AlgorithmParameters) and side["model"]["sha256"] in str(algo.AlgorithmParameters)
     for name in (f"{case}.seg.dcm", f"{case}.rtstruct.dcm"):

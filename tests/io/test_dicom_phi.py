@@ -102,7 +102,16 @@ def test_sentinel_in_the_given_folder_stays_out_of_outputs(tmp_path):
     assert SENTINEL not in _all_output_text(out)
 
 
-def test_seg_path_carries_patient_data_only_inside_the_dicom_objects(tmp_path, caplog):
+def _plant_single_component(ds, k):
+    """As anonymisers and some scanners write it: a patient name of one component (no caret), which highdicom
+    quotes in a warning unless medpipe keeps that warning in."""
+    _plant(ds, k)
+    ds.PatientName = SENTINEL
+    ds.ReferringPhysicianName = f"{SENTINEL}DR"
+
+
+@pytest.mark.parametrize("plant", [_plant, _plant_single_component], ids=["name^given", "single-component"])
+def test_seg_path_carries_patient_data_only_inside_the_dicom_objects(tmp_path, caplog, plant):
     """The SEG and RTSTRUCT must carry the patient module (a PACS needs it); their file names, the output records
     (sidecar material), errors, warnings and logs never do."""
     import numpy as np
@@ -116,7 +125,7 @@ def test_seg_path_carries_patient_data_only_inside_the_dicom_objects(tmp_path, c
 
     caplog.set_level(logging.DEBUG)
     folder = tmp_path / f"{SENTINEL}_MRN_123" / f"{SENTINEL}^DOE"
-    write_series(folder, edit=_plant, intercept=-1024.0)
+    write_series(folder, edit=plant, intercept=-1024.0)
     out = tmp_path / "out"
     table = label_table({0: "background", 1: "kidney"})
     algo = Algorithm("model", "0" * 64)

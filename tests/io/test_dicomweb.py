@@ -17,6 +17,7 @@ from medpipe.io.dicomweb import DicomwebOptions, PullResult, PushResult, pull, p
 from medpipe.io.dicomweb.auth import ENV_PASSWORD, ENV_TOKEN, ENV_USER, resolve_credentials, server_name
 from tests.conftest import SHARED_DATA
 from tests.dicom_factory import write_series
+from tests.services.flaky_proxy import FlakyProxy
 from tests.services.orthanc import PASSWORD, USER, Orthanc, free_port
 from tests.services.tls_proxy import HttpsOrthanc
 
@@ -283,3 +284,43 @@ def test_tls_is_verified_unless_insecure(orthanc_tls: HttpsOrthanc, creds: None,
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(orthanc_tls.ca_file))  # a private CA, verified
     study = str(pydicom.dcmread(series.files[0]).StudyInstanceUID)
     assert pull(orthanc_tls.dicomweb, study, out_dir=tmp_path / "out", options=FAST).n_instances == 8
+
+
+def test_transient_failures_are_retried_and_nothing_is_lost_or_doubled(flaky_orthanc: FlakyProxy, orthanc: Orthanc,
+                                                                       creds: None, tmp_path: Path) -> None:
+    series = write_series(tmp_path / "src", seed=110, intercept=-1024.0)
+    before = orthanc.get_json("/statistics")["CountInstances"]  # type: ignore[index]
+    flaky_orthanc.fail_next(2)  # the STOW-RS request fails twice (HTTP 503), the third try goes through
+    result = push(flaky_orthanc.dicomweb, series.files, options=FAST)
+    assert result.ok and result.n_stored == 8 and flaky_orthanc.requests["POST"] == 3
+    assert orthanc.get_json("/statistics")["CountInstances"] == before + 8  # type: ignore[index]
+    flaky_orthanc.fail_next(2, status=502)  # the QIDO-RS search fails twice
+    study = str(pydicom.dcmread(series.files[0]).StudyInstanceUID)
+    pulled = pull(flaky_orthanc.dicomweb, study, out_dir=tmp_path / "out", options=FAST)
+    assert pulled.n_instances == 8 and pulled.series[0].n_downloaded == 8
+    back = _by_sop(sorted((tmp_path / "out" / series.series_uid).glob("*.dcm")))
+    assert {sop: ds.pixel_array.tobytes() for sop, ds in back.items()} == {
+        sop: ds.pixel_array.tobytes() for sop, ds in _by_sop(series.files).items()}
+
+
+def test_retries_are_bounded_and_a_half_push_is_not_reported_done(flaky_orthanc: FlakyProxy, orthanc: Orthanc,
+                                                                   creds: None, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    series = write_series(tmp_path / "src", seed=111, intercept=-1024.0)
+    before = orthanc.get_json("/statistics")["CountInstances"]  # type: ignore[index]
+    flaky_orthanc.fail_after(0)  # the server never answers but 503
+    with pytest.raises(RemoteError) as err:
+        push(flaky_orthanc.dicomweb, series.files, options=FAST)
+    assert "HTTP 503 after 3 attempt(s)" in str(err.value) and "0 of 8 instance(s) were stored" in str(err.value)
+    assert flaky_orthanc.requests["POST"] == 3  # FAST: 2 retries after the first try, no more
+    with pytest.raises(RemoteError, match="HTTP 503 after 3 attempt"):
+        pull(flaky_orthanc.dicomweb, "1.2.3", out_dir=tmp_path / "out", options=FAST)
+    assert flaky_orthanc.requests["GET"] == 3
+    assert orthanc.get_json("/statistics")["CountInstances"] == before  # type: ignore[index]
+    # two batches of 4: the first is stored, then the network fails for good: the push is not reported done
+    monkeypatch.setattr("medpipe.io.dicomweb.store.BATCH_FILES", 4)
+    flaky_orthanc.fail_after(1)
+    with pytest.raises(RemoteError) as err:
+        push(flaky_orthanc.dicomweb, series.files, options=FAST)
+    assert "4 of 8 instance(s) were stored before this failure, the others were not" in str(err.value)
+    assert orthanc.get_json("/statistics")["CountInstances"] == before + 4  # type: ignore[index]

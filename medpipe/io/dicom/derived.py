@@ -36,12 +36,14 @@ class SourceSeries:
     """The source images (headers only, no pixel data) in highdicom's slice order, and their geometry.
 
     ``geometry`` is None where highdicom sees no regular volume (uneven or tilted stacks, repaired by medpipe).
-    ``notes``: what had to be filled in (missing UIDs), for the sidecar; never patient data.
+    ``notes``: what had to be filled in (missing UIDs), for the sidecar; never patient data. ``derived_uids``: the
+    keywords of the identifying UIDs the source lacked and medpipe derived (StudyInstanceUID, ...).
     """
 
     datasets: tuple[Dataset, ...]
     geometry: hd.VolumeGeometry | None
     notes: tuple[str, ...] = ()
+    derived_uids: tuple[str, ...] = ()
 
     @property
     def frame_of_reference_uid(self) -> str:
@@ -58,11 +60,13 @@ def _read_header(path: Path) -> Dataset:
         raise DicomError(f"cannot re-read source image header ({type(err).__name__})", path=path.name) from err
 
 
-def _fill_identity(datasets: list[Dataset]) -> list[str]:
-    """Fill what anonymisers blank out and derived objects need. Returns notes (no values, no patient data)."""
+def _fill_identity(datasets: list[Dataset]) -> tuple[list[str], list[str]]:
+    """Fill what anonymisers blank out and derived objects need. Returns notes (no values, no patient data) and
+    the keywords of the UIDs that were derived."""
     from pydicom.uid import generate_uid
 
     notes: list[str] = []
+    derived: list[str] = []
     blank_sop = 0
     for ds in datasets:
         meta = getattr(ds, "file_meta", None)
@@ -86,9 +90,10 @@ def _fill_identity(datasets: list[Dataset]) -> list[str]:
             for ds in datasets:
                 if not ds.get(keyword):
                     setattr(ds, keyword, uid)
+            derived.append(keyword)
             notes.append(f"source images have no {keyword}: a stable one was derived from their SOP instance UIDs, "
                          f"so the output is not linked to the source {what} in a PACS")
-    return notes
+    return notes, derived
 
 
 def read_source(files: Sequence[Path]) -> SourceSeries:
@@ -99,18 +104,18 @@ def read_source(files: Sequence[Path]) -> SourceSeries:
     if not files:
         raise DicomError("no source images: DICOM outputs need a DICOM input series")
     datasets = [_read_header(Path(f)) for f in files]
-    notes = _fill_identity(datasets)
+    notes, derived = _fill_identity(datasets)
     first = datasets[0]
     try:
         if len(datasets) == 1 and int(first.get("NumberOfFrames", 1)) > 1:
             image = hd.Image.from_dataset(first, copy=False)
-            return SourceSeries((first,), image.get_volume_geometry(), tuple(notes))
+            return SourceSeries((first,), image.get_volume_geometry(), tuple(notes), tuple(derived))
         spacing, positions = get_series_volume_positions(datasets)
     except (ValueError, AttributeError, KeyError, TypeError) as err:
         raise DicomError(f"highdicom cannot place the source images ({type(err).__name__}: {str(err)[:200]})",
                          path=Path(files[0]).name) from err
     if spacing is None or positions is None:
-        return SourceSeries(tuple(datasets), None, tuple(notes))
+        return SourceSeries(tuple(datasets), None, tuple(notes), tuple(derived))
     ordered = [datasets[positions.index(i)] for i in range(len(datasets))]
     start = ordered[0]
     geometry = hd.VolumeGeometry.from_attributes(
@@ -119,7 +124,7 @@ def read_source(files: Sequence[Path]) -> SourceSeries:
         spacing_between_slices=spacing, number_of_frames=len(ordered), coordinate_system="PATIENT",
         frame_of_reference_uid=start.FrameOfReferenceUID,
     )
-    return SourceSeries(tuple(ordered), geometry, tuple(notes))
+    return SourceSeries(tuple(ordered), geometry, tuple(notes), tuple(derived))
 
 
 def _orientation_reference(source: SourceSeries) -> hd.VolumeGeometry:

@@ -7,13 +7,15 @@
   category and type, colour, and the algorithm (medpipe, its version, the model name and sha256).
 * The mask is placed by highdicom's geometry (:mod:`medpipe.io.dicom.derived`): on the source grid every frame
   references its source image; on a repaired grid (``--allow-tilt``/``--allow-uneven``) the SEG carries its own
-  plane positions and references the source series as a whole.
+  plane positions and references the source series, and a source image only where a frame lies in its plane
+  (Spatial Locations Preserved NO: after a tilt repair the plane is the image's, shifted in-plane).
 * Study, patient and frame of reference come from the source (a SEG carries patient data, as a PACS needs); the
   series and instance UIDs are new. Written to a temporary file, then renamed.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,8 @@ OUTPUT_FORMAT = "medpipe-dicom-output/1"
 LIBRARY_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RuntimeError)
 #: Series number of derived series: the source's plus this (or this alone).
 SERIES_NUMBER_OFFSET = 1000
+#: highdicom's warning about a one-component person name quotes the name (patient data): never let it out.
+_PERSON_NAME_WARNING = r"The string .* is unlikely to represent the intended person name"
 
 
 @dataclass(frozen=True)
@@ -143,27 +147,30 @@ def build_seg(labels: np.ndarray, grid: Grid, source: SourceSeries, table: Seque
     labelmap = seg_type == "labelmap"
     empty = not volume.array.any()
     description = f"medpipe {algorithm.model_name}"[:64]
-    return hd.seg.Segmentation(
-        source_images=list(source.datasets),
-        pixel_array=volume,
-        segmentation_type=(hd.seg.SegmentationTypeValues.LABELMAP if labelmap
-                           else hd.seg.SegmentationTypeValues.BINARY),
-        segment_descriptions=segment_descriptions(table, algorithm),
-        series_instance_uid=hd.UID(),
-        series_number=_series_number(source),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="medpipe",
-        manufacturer_model_name=algorithm.model_name[:64] or "medpipe",
-        software_versions=f"medpipe {algorithm.version}",
-        device_serial_number=algorithm.model_sha256[:16] or "0",
-        transfer_syntax_uid=RLELossless if labelmap else ExplicitVRLittleEndian,
-        omit_empty_frames=not empty,  # an all-empty mask keeps its (empty) frames: a SEG needs at least one
-        content_label="MEDPIPE",
-        content_description=description,
-        series_description=description,
-        workers=workers,
-    )
+    with warnings.catch_warnings():
+        # a one-component PatientName (as anonymisers write it) is valid DICOM; highdicom's warning would print it
+        warnings.filterwarnings("ignore", message=_PERSON_NAME_WARNING, category=UserWarning)
+        return hd.seg.Segmentation(
+            source_images=list(source.datasets),
+            pixel_array=volume,
+            segmentation_type=(hd.seg.SegmentationTypeValues.LABELMAP if labelmap
+                               else hd.seg.SegmentationTypeValues.BINARY),
+            segment_descriptions=segment_descriptions(table, algorithm),
+            series_instance_uid=hd.UID(),
+            series_number=_series_number(source),
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="medpipe",
+            manufacturer_model_name=algorithm.model_name[:64] or "medpipe",
+            software_versions=f"medpipe {algorithm.version}",
+            device_serial_number=algorithm.model_sha256[:16] or "0",
+            transfer_syntax_uid=RLELossless if labelmap else ExplicitVRLittleEndian,
+            omit_empty_frames=not empty,  # an all-empty mask keeps its (empty) frames: a SEG needs at least one
+            content_label="MEDPIPE",
+            content_description=description,
+            series_description=description,
+            workers=workers,
+        )
 
 
 def write_seg(path: str | Path, labels: np.ndarray, grid: Grid, source_files: Sequence[Path],
@@ -185,16 +192,18 @@ def write_seg(path: str | Path, labels: np.ndarray, grid: Grid, source_files: Se
     with atomic_path(path) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     frames = list(seg.PerFrameFunctionalGroupsSequence)
-    referencing = sum("DerivationImageSequence" in item for item in frames)
+    referencing = sum(bool(item.get("DerivationImageSequence")) for item in frames)  # type 2: may be present, empty
     notes = list(source.notes)
     if repaired:
         notes.append("the series was resampled (repair): the SEG lies on the repaired grid with its own plane "
-                     "positions and references the source series, not each frame's source image")
+                     "positions and references the source series; a frame references a source image only where it "
+                     "lies in that image's plane, with Spatial Locations Preserved NO")
     return DicomOutput(
         file=path.name, kind=f"dicom-seg ({seg_type})", series_uid=str(seg.SeriesInstanceUID),
         sop_instance_uid=str(seg.SOPInstanceUID),
         segments={n: info.name for n, info in enumerate(table, start=1)},
         grid="repaired" if repaired else "source", frames=len(frames), frames_referencing_source=referencing,
         notes=tuple(notes),
-        extra={"segment_label_values": {str(n): info.value for n, info in enumerate(table, start=1)}},
+        extra={"segment_label_values": {str(n): info.value for n, info in enumerate(table, start=1)},
+               **({"derived_uids": list(source.derived_uids)} if source.derived_uids else {})},
     )

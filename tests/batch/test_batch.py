@@ -136,6 +136,10 @@ def test_batch_with_two_workers_then_status_and_a_rerun_that_computes_nothing(tm
     report = json.loads((out / "batch.json").read_text())
     assert report["counts"] == {"total": 6, "done": 6, "failed": 0, "running": 0, "pending": 0}
     assert [r["status"] for r in report["rows"]] == ["done"] * 6 and report["cases_per_hour"] > 0
+    for row in report["rows"]:  # the sidecar's QC review reasons and label volumes reach the report
+        qc = json.loads((out / "predictions" / f"{row['case_id']}.json").read_text())["qc"]
+        assert row["qc_flags"] == (qc["reasons"] if qc["review"] else [])
+        assert row["volumes"] == {"organ": qc["labels"]["1"]["volume_ml"]}
     assert "case000" in (out / "batch.html").read_text()
     status = runner.invoke(app, ["batch", "status", str(out)])
     assert status.exit_code == 0 and "6 done, 0 failed, 0 running, 0 pending" in status.output

@@ -130,7 +130,8 @@ class Ledger:
             return False
         if meta.get("config_hash") != spec.config_hash or meta.get("model", {}).get("sha256") != spec.model_sha256:
             return False
-        if not (self.predictions / str(meta.get("mask", ""))).is_file():
+        if not (self.predictions / str(meta.get("mask", ""))).is_file() or not self._has_outputs(case.case_id, spec,
+                                                                                                  meta):
             return False
         if check_input and case.files:
             comp = self.completion(case.case_id)
@@ -142,6 +143,17 @@ class Ledger:
             except OSError:
                 return False
         return True
+
+    def _has_outputs(self, case_id: str, spec: BatchSpec, meta: dict[str, object]) -> bool:
+        """Every output the batch asks for is there: DICOM formats named in the sidecar, the requested maps."""
+        opts = spec.infer_options
+        outputs = meta.get("outputs")
+        named = outputs if isinstance(outputs, dict) else {}
+        if any(f not in named for f in opts.get("formats") or () if f != "nifti"):
+            return False
+        maps = [m for m, on in (("probabilities", opts.get("save_probabilities")),
+                                ("uncertainty", opts.get("save_uncertainty"))) if on]
+        return all((self.predictions / f"{case_id}_{m}.nii.gz").is_file() for m in maps)
 
     def failure(self, case_id: str) -> Failure | None:
         data = read_json(self.failed_dir / f"{case_id}.json")

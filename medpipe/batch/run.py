@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medpipe.batch.adapter import identity, open_predictor
+from medpipe.batch.adapter import check_formats, identity, open_predictor
 from medpipe.batch.ledger import Ledger
 from medpipe.batch.manifest import cases_from_inputs, load_manifest
 from medpipe.batch.records import BatchCase, BatchSpec
@@ -101,6 +101,8 @@ def run_batch(model: Path, inputs: list[Path], out: Path, *, manifest: Path | No
     ledger = Ledger(out)
     ledger.create()
     options = dict(infer_options or {})
+    if options.get("models"):  # workers may start elsewhere (Slurm): absolute paths
+        options["models"] = [str(Path(m).resolve()) for m in options["models"]]
     slots = parse_gpus(gpus) if launcher == "local" else None
     if slots:
         options["device"] = "cuda"
@@ -114,6 +116,7 @@ def run_batch(model: Path, inputs: list[Path], out: Path, *, manifest: Path | No
         cases += cases_from_inputs(inputs, ident.channels)
     if not cases:
         raise InputError("no input images found", path=", ".join(str(p) for p in inputs))
+    check_formats(cases, options)
     spec = BatchSpec(str(model.resolve()), ident.checkpoint, ident.model_sha256, ident.config_hash, options,
                      lease_s, case_timeout_s, 2, time.time(), launcher)
     todo = [c for c in cases if not ledger.is_done(c, spec)]

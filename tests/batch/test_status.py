@@ -80,5 +80,5 @@ def test_report_has_volumes_and_qc_flags_worst_first(tmp_path: Path) -> None:
     assert rows["bad"]["reason"].startswith("crash: worker killed by SIGKILL")
     page = (tmp_path / "batch.html").read_text()
     assert page.index(">bad<") < page.index(">flagged<") < page.index(">busy<") < page.index(">done1<")
-    assert "label 2 (tumor): empty" in page and "kidney: 151.25" in page
+    assert "label 2 (tumor): empty" in page and "kidney: 151.25" in page and "volumes (mL)" in page
     assert write_report(tmp_path).counts.done == 3

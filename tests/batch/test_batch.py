@@ -269,3 +269,45 @@ def test_cli_dispatch_run_by_default_and_status(tmp_path: Path, model: Path) -> 
     assert res.exit_code == 1 and "--gpus 'x'" in res.output
     res = runner.invoke(app, ["batch", str(model), str(tmp_path), "-o", str(tmp_path / "o"), "--sbatch", "novalue"])
     assert res.exit_code == 1 and "KEY=VALUE" in res.output
+
+
+def test_gpu_slots_give_each_worker_its_own_visible_device(tmp_path: Path, model: Path, inputs6: Path) -> None:
+    """`--gpus 3,5`: one worker per GPU, each started with CUDA_VISIBLE_DEVICES of its own. The spec runs on the
+    CPU here (no GPU on this machine): the test reads each live worker's environment from /proc."""
+    import threading
+
+    from medpipe.batch.adapter import identity, open_predictor
+    from medpipe.batch.local import LocalLauncher
+    from medpipe.batch.manifest import cases_from_inputs
+
+    out = tmp_path / "out"
+    ledger = Ledger(out)
+    ledger.create()
+    ident = identity(open_predictor(model, {"device": "cpu"}))
+    spec = BatchSpec(str(model), ident.checkpoint, ident.model_sha256, ident.config_hash, {"device": "cpu"}, 60.0,
+                     None, 2, time.time())
+    ledger.write_spec(spec, cases_from_inputs([inputs6], ident.channels))
+    launcher = LocalLauncher(out, gpus=["3", "5"])
+    seen: dict[int, str] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for w in list(launcher.live.values()):
+                try:
+                    environ = Path(f"/proc/{w.proc.pid}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                visible = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")]
+                seen[w.proc.pid] = visible[0] if visible else ""
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        launcher.run()
+    finally:
+        done.set()
+        watcher.join()
+    assert sorted(seen.values()) == ["3", "5"], seen  # two workers, one per GPU
+    check_ledger(out, IDS6)

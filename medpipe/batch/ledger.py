@@ -14,6 +14,8 @@ Layout of ``OUT``::
 
 A claim is taken over when the launcher marked its worker crashed, when its lease expired, or when its process
 is gone from this host. Taking over renames the old lock to a unique name first, so of two rivals only one wins.
+A claim is ``running`` while its case is read, in the network or written, and ``queued`` while it waits between two
+stages of a worker's pipeline; only a running claim's loss counts as an attempt.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ class Ledger:
         """A lock holds while its worker runs: not marked crashed, lease not expired, process not gone."""
         if claim is None:  # unreadable: only a lock being replaced; trust it while its lease runs
             return time.time() - mtime < lease_s
-        if claim.state != "running" or time.time() - mtime >= lease_s:
+        if claim.state not in ("queued", "running") or time.time() - mtime >= lease_s:
             return False
         return claim.host != HOST or process_alive(claim.pid, claim.pid_start)
 
@@ -198,10 +200,12 @@ class Ledger:
                 p.unlink(missing_ok=True)
 
     # ---- claiming ------------------------------------------------------------------------------------------------
-    def claim(self, case_id: str, worker: str, spec: BatchSpec) -> Claim | None:
-        """Take the case, or None when another worker holds it (or it just failed for good)."""
+    def claim(self, case_id: str, worker: str, spec: BatchSpec, state: str = "running") -> Claim | None:
+        """Take the case, or None when another worker holds it (or it just failed for good). ``state`` queued:
+        held in reserve by a worker's pipeline (see :meth:`set_state`)."""
         path = self.lock_path(case_id)
-        mine = Claim(case_id, uuid.uuid4().hex, worker, HOST, os.getpid(), process_start(os.getpid()), 1, time.time())
+        mine = Claim(case_id, uuid.uuid4().hex, worker, HOST, os.getpid(), process_start(os.getpid()), 1, time.time(),
+                     state)
         if self._link_new(path, mine):
             return mine
         old, mtime = self.read_claim(case_id)
@@ -222,12 +226,13 @@ class Ledger:
             return None
         tomb.unlink(missing_ok=True)
         shutil.rmtree(self.staging / f"{case_id}.{old.token}", ignore_errors=True)  # the dead attempt's files
-        if old.attempt >= spec.max_attempts:
+        if old.state != "queued" and old.attempt >= spec.max_attempts:
             reason = old.reason or "its worker stopped renewing the lease (lost or killed)"
             self._write_failure(Failure(case_id, "crash", f"{reason}; tried {old.attempt} times", old.attempt,
                                         time.time(), old.worker))
             return None
-        mine = replace(mine, attempt=old.attempt + 1)
+        # a queued claim's worker died before the case reached the network: that was not an attempt
+        mine = replace(mine, attempt=old.attempt + (0 if old.state == "queued" else 1))
         return mine if self._link_new(path, mine) else None
 
     def _link_new(self, path: Path, claim: Claim) -> bool:
@@ -255,6 +260,16 @@ class Ledger:
             return True
         return False
 
+    def set_state(self, claim: Claim, state: str) -> Claim | None:
+        """Rewrite a held claim's state: ``running`` while its case is read, in the network or written (a death of
+        its worker now counts as an attempt; ``--case-timeout`` counts from the last time it became running),
+        ``queued`` while it waits between two stages of its worker's pipeline. None when the claim was lost."""
+        if not self.holds(claim):
+            return None
+        new = replace(claim, state=state, claimed_at=time.time() if state == "running" else claim.claimed_at)
+        write_json_atomic(self.lock_path(claim.case_id), new.to_json())
+        return new
+
     def release(self, claim: Claim) -> None:
         if self.holds(claim):
             self.lock_path(claim.case_id).unlink(missing_ok=True)
@@ -279,6 +294,13 @@ class Ledger:
                 shutil.rmtree(folder, ignore_errors=True)
 
     # ---- finishing -----------------------------------------------------------------------------------------------
+    def staging_dir_for(self, claim: Claim) -> Path:
+        """A private, new folder for one attempt's outputs (its owner removes it; :meth:`tidy` removes what a dead
+        worker left)."""
+        folder = self.staging / f"{claim.case_id}.{claim.token}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     @contextlib.contextmanager
     def staging_dir(self, claim: Claim) -> Iterator[Path]:
         """A private folder for one attempt's outputs; removed afterwards, whatever happens."""

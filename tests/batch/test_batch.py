@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -86,6 +88,58 @@ def test_a_claim_of_a_dead_process_is_taken_over_at_once(tmp_path: Path) -> None
     ledger.mark_crashed(taken, "worker killed by SIGKILL")
     retaken = ledger.claim("a", "w2", _spec())
     assert retaken is None and "SIGKILL" in (ledger.failure("a").reason or "")  # type: ignore[union-attr]
+
+
+def test_a_queued_claim_whose_worker_died_is_not_an_attempt(tmp_path: Path) -> None:
+    """A worker's pipeline holds the next case in reserve (queued); if the worker dies then, the case never reached
+    the network: it is taken over with the same attempt number, and never failed for it."""
+    ledger = Ledger(tmp_path)
+    ledger.create()
+    spec = _spec()
+    proc = subprocess.Popen(["sleep", "0"])
+    proc.wait()
+    host = __import__("socket").gethostname()
+    for attempt in (1, 2):  # even at the last attempt: being held in reserve is no attempt
+        dead = Claim("a", f"t{attempt}", "w0", host, proc.pid, "1", attempt, time.time(), "queued")
+        ledger.lock_path("a").write_text(json.dumps(dead.to_json()))
+        taken = ledger.claim("a", "w1", spec, state="queued")
+        assert taken is not None and taken.attempt == attempt and taken.state == "queued"
+        assert ledger.failure("a") is None
+        running = ledger.set_state(taken, "running")
+        assert running is not None and running.state == "running" and running.token == taken.token
+        assert ledger.holds(running) and ledger.read_claim("a")[0] == running
+        ledger.release(running)
+    dead = Claim("a", "t9", "w0", host, proc.pid, "1", 1, time.time(), "running")  # started: it counts
+    ledger.lock_path("a").write_text(json.dumps(dead.to_json()))
+    taken = ledger.claim("a", "w1", spec)
+    assert taken is not None and taken.attempt == 2
+
+
+@pytest.mark.slow
+def test_a_worker_runs_its_cases_pipelined(tmp_path: Path, model: Path) -> None:
+    """One worker reads the next case while the network runs the current one: at some instant it holds a running
+    claim and a queued one; the masks are those of `medpipe infer`."""
+    inputs = tiny_cases(tmp_path / "in", 6, (64, 64, 48))
+    out = tmp_path / "out"
+    proc = start(batch_cmd(model, inputs, out), tmp_path / "run.log")
+    overlap: list[list[tuple[str, str]]] = []
+    try:
+        while proc.poll() is None:
+            held = [(c.worker, c.state) for c in locks(out)]
+            if len({w for w, _ in held}) == 1 and {s for _, s in held} == {"queued", "running"}:
+                overlap.append(held)
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text()
+    assert overlap, "the worker never held a case in reserve while another was in the network"
+    done = check_ledger(out, IDS6)
+    assert {d["attempt"] for d in done.values()} == {1} and len({d["worker"] for d in done.values()}) == 1
+    ref = runner.invoke(app, ["infer", str(model), str(inputs), "-o", str(tmp_path / "infer"), "--device", "cpu"])
+    assert ref.exit_code == 0, ref.output
+    for cid in IDS6:
+        got = np.asarray(nib.load(str(out / "predictions" / f"{cid}.nii.gz")).dataobj)
+        assert np.array_equal(got, np.asarray(nib.load(str(tmp_path / "infer" / f"{cid}.nii.gz")).dataobj)), cid
 
 
 def test_two_workers_claiming_200_cases_at_once_take_each_exactly_once(tmp_path: Path) -> None:
@@ -194,17 +248,18 @@ def test_whole_batch_killed_then_the_same_command_finishes_it(tmp_path: Path, mo
     cmd = batch_cmd(model, inputs6, out, "--workers", "2")
     proc = start(cmd, tmp_path / "run1.log")
     try:
-        wait_until(lambda: len(list((out / "ledger" / "done").glob("*.json"))) >= 1 and locks(out), 400,
-                   "a finished case and one in flight")
+        wait_until(lambda: len(list((out / "ledger" / "done").glob("*.json"))) >= 1
+                   and any(c.state == "running" for c in locks(out)), 400, "a finished case and one in flight")
         os.killpg(proc.pid, signal.SIGSTOP)  # freeze launcher and workers, then kill them all
-        in_flight = {c.case_id for c in locks(out)} - {p.stem for p in (out / "predictions").glob("*.json")}
+        finished_names = {p.stem for p in (out / "predictions").glob("*.json")}
+        in_flight = {c.case_id: c.state for c in locks(out) if c.case_id not in finished_names}
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
         proc.kill()
     finished = {p.stem: json.loads((out / "ledger" / "done" / p.name).read_text())
                 for p in (out / "predictions").glob("*.json")}  # the sidecar is the mark of a finished case
-    assert not in_flight & set(finished)
+    assert not in_flight.keys() & set(finished)
     for side in (out / "predictions").glob("*.json"):  # what is visible as done is whole
         assert json.loads(side.read_text())["status"] == "ok"
     res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
@@ -212,8 +267,8 @@ def test_whole_batch_killed_then_the_same_command_finishes_it(tmp_path: Path, mo
     done = check_ledger(out, IDS6)
     for cid, rec in finished.items():
         assert done[cid] == rec  # finished before the kill: not recomputed
-    for cid in in_flight:
-        assert done[cid]["attempt"] == 2  # killed mid-case: recomputed
+    for cid, state in in_flight.items():  # killed mid-case: recomputed (an attempt only if it had started)
+        assert done[cid]["attempt"] == (2 if state == "running" else 1), (cid, state)
 
 
 def _mount_tmpfs(where: Path, options: str) -> bool:

@@ -157,6 +157,11 @@ class Ledger:
                                 ("uncertainty", opts.get("save_uncertainty"))) if on]
         return all((self.predictions / f"{case_id}_{m}.nii.gz").is_file() for m in maps)
 
+    def invalidate(self, case_id: str) -> None:
+        """A done case is to be computed again (its input changed): its sidecar, the mark of a finished case, goes
+        first; the outputs stay until a new attempt replaces them."""
+        self.sidecar(case_id).unlink(missing_ok=True)
+
     def failure(self, case_id: str) -> Failure | None:
         data = read_json(self.failed_dir / f"{case_id}.json")
         return Failure.from_json(data) if data else None

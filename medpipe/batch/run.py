@@ -119,7 +119,13 @@ def run_batch(model: Path, inputs: list[Path], out: Path, *, manifest: Path | No
     check_formats(cases, options)
     spec = BatchSpec(str(model.resolve()), ident.checkpoint, ident.model_sha256, ident.config_hash, options,
                      lease_s, case_timeout_s, 2, time.time(), launcher)
-    todo = [c for c in cases if not ledger.is_done(c, spec)]
+    todo = []
+    for c in cases:
+        if ledger.is_done(c, spec, check_input=True):
+            continue
+        if ledger.is_done(c, spec):  # done, but from an input that has changed since: not done any more
+            ledger.invalidate(c.case_id)
+        todo.append(c)
     check_free_space(out, todo)
     ledger.clear_failures({c.case_id for c in cases})
     ledger.tidy(spec)

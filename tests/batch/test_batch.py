@@ -366,3 +366,28 @@ def test_gpu_slots_give_each_worker_its_own_visible_device(tmp_path: Path, model
         watcher.join()
     assert sorted(seen.values()) == ["3", "5"], seen  # two workers, one per GPU
     check_ledger(out, IDS6)
+
+
+@pytest.mark.slow
+def test_manifest_batch_and_a_changed_input_is_recomputed(tmp_path: Path, model: Path) -> None:
+    """Cases from a CSV manifest take its ids; a rerun recomputes only the case whose input changed (the sidecar's
+    input hash no longer matches), the others are kept."""
+    inputs = tiny_cases(tmp_path / "in", 3)
+    (tmp_path / "cases.csv").write_text("case_id,image\n" + "".join(
+        f"patient-{i},in/case{i:03d}.nii.gz\n" for i in range(3)))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "medpipe.cli", "batch", str(model), "--manifest", str(tmp_path / "cases.csv"),
+           "-o", str(out), "--device", "cpu"]
+    ids = [f"patient-{i}" for i in range(3)]
+    res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    first = check_ledger(out, ids)
+    before = json.loads((out / "predictions" / "patient-1.json").read_text())["input_sha256"]
+    changed = tiny_cases(tmp_path / "other", 3)  # other phantoms (seeds 0-2) of the same size: copy one over
+    (inputs / "case001.nii.gz").write_bytes((changed / "case002.nii.gz").read_bytes())
+    res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    again = check_ledger(out, ids)
+    assert again["patient-0"] == first["patient-0"] and again["patient-2"] == first["patient-2"]
+    assert again["patient-1"]["finished_at"] > first["patient-1"]["finished_at"]
+    assert json.loads((out / "predictions" / "patient-1.json").read_text())["input_sha256"] != before

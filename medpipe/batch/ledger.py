@@ -37,6 +37,8 @@ from medpipe.io.atomic import write_json_atomic
 from medpipe.runtime import sha256_files
 
 HOST = socket.gethostname()
+#: Age after which a temporary file in ``ledger/locks/`` is taken for one whose writer was killed.
+STALE_TEMP_S = 2.0
 
 
 def inputs_stat(case: BatchCase) -> list[list[int]]:
@@ -247,7 +249,7 @@ class Ledger:
         try:
             os.link(tmp, path)
             return True
-        except FileExistsError:
+        except (FileExistsError, FileNotFoundError):  # taken; or the temporary file was tidied away under us
             return False
         finally:
             tmp.unlink(missing_ok=True)
@@ -272,8 +274,7 @@ class Ledger:
         if not self.holds(claim):
             return None
         new = replace(claim, state=state, claimed_at=time.time() if state == "running" else claim.claimed_at)
-        write_json_atomic(self.lock_path(claim.case_id), new.to_json())
-        return new
+        return new if self._replace_lock(new) else None
 
     def release(self, claim: Claim) -> None:
         if self.holds(claim):
@@ -282,12 +283,29 @@ class Ledger:
     def mark_crashed(self, claim: Claim, reason: str) -> None:
         """The launcher saw the claim's worker die: the case can be taken over at once (attempt counted)."""
         if self.holds(claim):
-            write_json_atomic(self.lock_path(claim.case_id), replace(claim, state="crashed", reason=reason).to_json())
+            self._replace_lock(replace(claim, state="crashed", reason=reason))
+
+    def _replace_lock(self, claim: Claim) -> bool:
+        """Rewrite a held lock in one rename (a reader sees the old claim or the new one); its temporary file is
+        named after the claim, so :meth:`tidy` can tell what a killed writer left."""
+        tmp = self.locks / f".{claim.case_id}.new.{claim.token}"
+        try:
+            tmp.write_text(json.dumps(claim.to_json()))
+            os.replace(tmp, self.lock_path(claim.case_id))
+        except FileNotFoundError:  # removed under us by a tidy that took it for a dead writer's
+            return False
+        return True
 
     def tidy(self, spec: BatchSpec) -> None:
-        """Remove what dead workers left: locks of cases that are done, staging folders no live claim owns."""
-        for path in self.locks.glob("*.lock"):
-            if path.name.startswith("."):
+        """Remove what dead workers left: locks of cases that are done, temporary files of lock writes cut short,
+        staging folders no live claim owns."""
+        for path in self.locks.glob("*"):
+            if path.name.startswith("."):  # a lock write lives for microseconds: one a few seconds old was cut short
+                with contextlib.suppress(OSError):
+                    if time.time() - path.stat().st_mtime > STALE_TEMP_S:
+                        path.unlink()
+                continue
+            if path.suffix != ".lock":
                 continue
             claim, mtime = self.read_claim(path.stem)
             if not self.claim_is_live(claim, mtime, spec.lease_s) and self.sidecar(path.stem).is_file():

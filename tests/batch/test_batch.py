@@ -115,6 +115,18 @@ def test_a_queued_claim_whose_worker_died_is_not_an_attempt(tmp_path: Path) -> N
     assert taken is not None and taken.attempt == 2
 
 
+def test_tidy_removes_what_killed_lock_writes_left_but_not_a_write_in_progress(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.create()
+    old, fresh = ledger.locks / ".a.new.t1", ledger.locks / ".b.new.t2"
+    for f in (old, fresh):
+        f.write_text("{}")
+    past = time.time() - 10
+    os.utime(old, (past, past))
+    ledger.tidy(_spec())
+    assert not old.exists() and fresh.exists()
+
+
 @pytest.mark.slow
 def test_a_worker_runs_its_cases_pipelined(tmp_path: Path, model: Path) -> None:
     """One worker reads the next case while the network runs the current one: at some instant it holds a running

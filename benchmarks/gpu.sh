@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One script for a GPU machine: the CUDA tests and the GPU benchmarks, in under 8 minutes, ending with one table.
+# One script for a GPU machine: the CUDA tests and the GPU benchmarks, in under 10 minutes, ending with one table.
 #
 #   bash benchmarks/gpu.sh            # from the repository root, with medpipe importable (pip install -e .)
 #   PYTHON=/path/to/python bash benchmarks/gpu.sh
@@ -11,6 +11,8 @@
 #   3. a short AMP training of the sample CT model (its weights feed steps 4-5)
 #   4. end-to-end inference vs the MONAI-tutorial pipeline, same weights: benchmarks/infer_e2e.py --device cuda
 #   5. TTA cost and device-busy fraction over 20 cases: benchmarks/pipeline.py --device cuda --tta none|all
+#   6. medpipe batch, one worker per GPU: cases/hour and device-busy fraction (nvidia-smi) against `medpipe infer`
+#      and a one-GPU batch, same 20 cases: benchmarks/gpu_batch.sh
 # Logs go to ${OUT:-/tmp/medpipe-gpu}/*.log; the final table quotes the lines that carry the figures.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +42,9 @@ step train 90 "$PY" -m medpipe.cli train pipelines/sample-ct.yaml --out "$LOG/ru
 step e2e 90 "$PY" benchmarks/infer_e2e.py --run "$LOG/run" --device cuda --repeats 2
 step tta_none 60 "$PY" benchmarks/pipeline.py --run "$LOG/run" --device cuda --cases 20 --zoom 1.5 --tta none
 step tta_all 75 "$PY" benchmarks/pipeline.py --run "$LOG/run" --device cuda --cases 20 --zoom 1.5 --tta all
+"$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, 'benchmarks'); from pipeline import make_cases; \
+make_cases(Path(sys.argv[1]), 20, 1.5)" "$LOG/batch_cases" >"$LOG/batch_cases.log" 2>&1
+step batch 150 env PYTHON="$PY" bash benchmarks/gpu_batch.sh "$LOG/run" "$LOG/batch_cases" "$LOG/batch"
 
 pick() { grep -E "$2" "$LOG/$1.log" 2>/dev/null | tail -1 | sed 's/^ *//'; }
 echo
@@ -54,5 +59,7 @@ printf '%-22s| %s\n' "20 cases, no TTA" "$(pick tta_none 'pipelined loop')"
 printf '%-22s| %s\n' "" "$(pick tta_none 'device')"
 printf '%-22s| %s\n' "20 cases, TTA all (8x)" "$(pick tta_all 'pipelined loop')"
 printf '%-22s| %s\n' "" "$(pick tta_all 'device')"
+printf '%-22s| %s\n' "batch: runner" "wall (s) | cases/hour | GPU busy (mean) | GPU memory (mean)"
+for r in infer batch-1gpu batch-all-gpus; do printf '%-22s| %s\n' "" "$(pick batch "^\| $r ")"; done
 cat "$LOG/steps.log"
 echo "total $(( $(date +%s) - START )) s; logs in $LOG"

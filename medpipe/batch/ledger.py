@@ -14,6 +14,8 @@ Layout of ``OUT``::
 
 A claim is taken over when the launcher marked its worker crashed, when its lease expired, or when its process
 is gone from this host. Taking over renames the old lock to a unique name first, so of two rivals only one wins.
+A claim is ``running`` while its case is read, in the network or written, and ``queued`` while it waits between two
+stages of a worker's pipeline; only a running claim's loss counts as an attempt.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from medpipe.io.atomic import write_json_atomic
 from medpipe.runtime import sha256_files
 
 HOST = socket.gethostname()
+#: Age after which a temporary file in ``ledger/locks/`` is taken for one whose writer was killed.
+STALE_TEMP_S = 2.0
 
 
 def inputs_stat(case: BatchCase) -> list[list[int]]:
@@ -130,7 +134,8 @@ class Ledger:
             return False
         if meta.get("config_hash") != spec.config_hash or meta.get("model", {}).get("sha256") != spec.model_sha256:
             return False
-        if not (self.predictions / str(meta.get("mask", ""))).is_file():
+        if not (self.predictions / str(meta.get("mask", ""))).is_file() or not self._has_outputs(case.case_id, spec,
+                                                                                                  meta):
             return False
         if check_input and case.files:
             comp = self.completion(case.case_id)
@@ -142,6 +147,22 @@ class Ledger:
             except OSError:
                 return False
         return True
+
+    def _has_outputs(self, case_id: str, spec: BatchSpec, meta: dict[str, object]) -> bool:
+        """Every output the batch asks for is there: DICOM formats named in the sidecar, the requested maps."""
+        opts = spec.infer_options
+        outputs = meta.get("outputs")
+        named = outputs if isinstance(outputs, dict) else {}
+        if any(f not in named for f in opts.get("formats") or () if f != "nifti"):
+            return False
+        maps = [m for m, on in (("probabilities", opts.get("save_probabilities")),
+                                ("uncertainty", opts.get("save_uncertainty"))) if on]
+        return all((self.predictions / f"{case_id}_{m}.nii.gz").is_file() for m in maps)
+
+    def invalidate(self, case_id: str) -> None:
+        """A done case is to be computed again (its input changed): its sidecar, the mark of a finished case, goes
+        first; the outputs stay until a new attempt replaces them."""
+        self.sidecar(case_id).unlink(missing_ok=True)
 
     def failure(self, case_id: str) -> Failure | None:
         data = read_json(self.failed_dir / f"{case_id}.json")
@@ -165,7 +186,7 @@ class Ledger:
         """A lock holds while its worker runs: not marked crashed, lease not expired, process not gone."""
         if claim is None:  # unreadable: only a lock being replaced; trust it while its lease runs
             return time.time() - mtime < lease_s
-        if claim.state != "running" or time.time() - mtime >= lease_s:
+        if claim.state not in ("queued", "running") or time.time() - mtime >= lease_s:
             return False
         return claim.host != HOST or process_alive(claim.pid, claim.pid_start)
 
@@ -186,10 +207,12 @@ class Ledger:
                 p.unlink(missing_ok=True)
 
     # ---- claiming ------------------------------------------------------------------------------------------------
-    def claim(self, case_id: str, worker: str, spec: BatchSpec) -> Claim | None:
-        """Take the case, or None when another worker holds it (or it just failed for good)."""
+    def claim(self, case_id: str, worker: str, spec: BatchSpec, state: str = "running") -> Claim | None:
+        """Take the case, or None when another worker holds it (or it just failed for good). ``state`` queued:
+        held in reserve by a worker's pipeline (see :meth:`set_state`)."""
         path = self.lock_path(case_id)
-        mine = Claim(case_id, uuid.uuid4().hex, worker, HOST, os.getpid(), process_start(os.getpid()), 1, time.time())
+        mine = Claim(case_id, uuid.uuid4().hex, worker, HOST, os.getpid(), process_start(os.getpid()), 1, time.time(),
+                     state)
         if self._link_new(path, mine):
             return mine
         old, mtime = self.read_claim(case_id)
@@ -210,12 +233,13 @@ class Ledger:
             return None
         tomb.unlink(missing_ok=True)
         shutil.rmtree(self.staging / f"{case_id}.{old.token}", ignore_errors=True)  # the dead attempt's files
-        if old.attempt >= spec.max_attempts:
+        if old.state != "queued" and old.attempt >= spec.max_attempts:
             reason = old.reason or "its worker stopped renewing the lease (lost or killed)"
             self._write_failure(Failure(case_id, "crash", f"{reason}; tried {old.attempt} times", old.attempt,
                                         time.time(), old.worker))
             return None
-        mine = replace(mine, attempt=old.attempt + 1)
+        # a queued claim's worker died before the case reached the network: that was not an attempt
+        mine = replace(mine, attempt=old.attempt + (0 if old.state == "queued" else 1))
         return mine if self._link_new(path, mine) else None
 
     def _link_new(self, path: Path, claim: Claim) -> bool:
@@ -225,7 +249,7 @@ class Ledger:
         try:
             os.link(tmp, path)
             return True
-        except FileExistsError:
+        except (FileExistsError, FileNotFoundError):  # taken; or the temporary file was tidied away under us
             return False
         finally:
             tmp.unlink(missing_ok=True)
@@ -243,6 +267,15 @@ class Ledger:
             return True
         return False
 
+    def set_state(self, claim: Claim, state: str) -> Claim | None:
+        """Rewrite a held claim's state: ``running`` while its case is read, in the network or written (a death of
+        its worker now counts as an attempt; ``--case-timeout`` counts from the last time it became running),
+        ``queued`` while it waits between two stages of its worker's pipeline. None when the claim was lost."""
+        if not self.holds(claim):
+            return None
+        new = replace(claim, state=state, claimed_at=time.time() if state == "running" else claim.claimed_at)
+        return new if self._replace_lock(new) else None
+
     def release(self, claim: Claim) -> None:
         if self.holds(claim):
             self.lock_path(claim.case_id).unlink(missing_ok=True)
@@ -250,12 +283,29 @@ class Ledger:
     def mark_crashed(self, claim: Claim, reason: str) -> None:
         """The launcher saw the claim's worker die: the case can be taken over at once (attempt counted)."""
         if self.holds(claim):
-            write_json_atomic(self.lock_path(claim.case_id), replace(claim, state="crashed", reason=reason).to_json())
+            self._replace_lock(replace(claim, state="crashed", reason=reason))
+
+    def _replace_lock(self, claim: Claim) -> bool:
+        """Rewrite a held lock in one rename (a reader sees the old claim or the new one); its temporary file is
+        named after the claim, so :meth:`tidy` can tell what a killed writer left."""
+        tmp = self.locks / f".{claim.case_id}.new.{claim.token}"
+        try:
+            tmp.write_text(json.dumps(claim.to_json()))
+            os.replace(tmp, self.lock_path(claim.case_id))
+        except FileNotFoundError:  # removed under us by a tidy that took it for a dead writer's
+            return False
+        return True
 
     def tidy(self, spec: BatchSpec) -> None:
-        """Remove what dead workers left: locks of cases that are done, staging folders no live claim owns."""
-        for path in self.locks.glob("*.lock"):
-            if path.name.startswith("."):
+        """Remove what dead workers left: locks of cases that are done, temporary files of lock writes cut short,
+        staging folders no live claim owns."""
+        for path in self.locks.glob("*"):
+            if path.name.startswith("."):  # a lock write lives for microseconds: one a few seconds old was cut short
+                with contextlib.suppress(OSError):
+                    if time.time() - path.stat().st_mtime > STALE_TEMP_S:
+                        path.unlink()
+                continue
+            if path.suffix != ".lock":
                 continue
             claim, mtime = self.read_claim(path.stem)
             if not self.claim_is_live(claim, mtime, spec.lease_s) and self.sidecar(path.stem).is_file():
@@ -267,6 +317,13 @@ class Ledger:
                 shutil.rmtree(folder, ignore_errors=True)
 
     # ---- finishing -----------------------------------------------------------------------------------------------
+    def staging_dir_for(self, claim: Claim) -> Path:
+        """A private, new folder for one attempt's outputs (its owner removes it; :meth:`tidy` removes what a dead
+        worker left)."""
+        folder = self.staging / f"{claim.case_id}.{claim.token}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     @contextlib.contextmanager
     def staging_dir(self, claim: Claim) -> Iterator[Path]:
         """A private folder for one attempt's outputs; removed afterwards, whatever happens."""

@@ -99,9 +99,15 @@ class LocalLauncher:
         self.idle_deaths = 0 if held else self.idle_deaths + 1
         if self.idle_deaths > 3:
             raise OutputError(f"workers keep dying before they take a case ({reason})", path=self.ledger.logs)
+        # blame the cases in the network or being written; the ones held in reserve only if there were none (the
+        # death came while reading one of them)
+        blamed = [c for c in held if c.state == "running"] or held
         for claim in held:
-            self.ledger.mark_crashed(claim, reason)
-            self._emit("crash", f"{claim.case_id}: {reason} (attempt {claim.attempt})")
+            if claim in blamed:
+                self.ledger.mark_crashed(claim, reason)
+                self._emit("crash", f"{claim.case_id}: {reason} (attempt {claim.attempt})")
+            else:
+                self.ledger.release(claim)
 
     def _check_timeouts(self) -> None:
         limit = self.spec.case_timeout_s
@@ -109,13 +115,16 @@ class LocalLauncher:
             return
         for w in list(self.live.values()):
             for claim in self.ledger.held_by(w.wid):
-                if time.time() - claim.claimed_at > limit:
+                if claim.state == "running" and time.time() - claim.claimed_at > limit:
                     w.proc.kill()
                     os.wait4(w.proc.pid, 0)
                     w.proc.returncode = -signal.SIGKILL
                     del self.live[w.wid]
                     self.ledger.fail(claim, "timeout", f"case ran longer than --case-timeout {limit:g} s")
                     self._emit("timeout", f"{claim.case_id}: ended after {limit:g} s")
+                    for other in self.ledger.held_by(w.wid):  # its other cases did nothing wrong: free again
+                        self.ledger.release(other)
+                    break
 
     def stop(self) -> None:
         for w in self.live.values():

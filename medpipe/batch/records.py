@@ -77,7 +77,9 @@ class BatchSpec:
 @dataclass(frozen=True)
 class Claim:
     """A worker's hold on one case (the content of ``ledger/locks/<case>.lock``); the lease is the file's mtime
-    plus ``lease_s``. ``state`` is ``running``, or ``crashed`` once the launcher saw the worker die."""
+    plus ``lease_s``. ``state`` is ``queued`` (held in reserve by a worker's pipeline), ``running`` (its case in
+    the network or being written; ``claimed_at`` is then when it started), or ``crashed`` once the launcher saw the
+    worker die."""
 
     case_id: str
     token: str

@@ -53,7 +53,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}}</s
 <p>{esc(status.out)} &middot; model {esc(status.model)} &middot; launcher {esc(status.launcher)} &middot; {when}</p>
 <p><b>{c.done}</b> done, <b>{c.failed}</b> failed, <b>{c.running}</b> running, <b>{c.pending}</b> pending of
 {c.total} &middot; {rate}{eta}</p>
-<table><tr><th>case</th><th>status</th><th>attempts</th><th>seconds</th><th>timings (s)</th><th>volumes</th>
+<table><tr><th>case</th><th>status</th><th>attempts</th><th>seconds</th><th>timings (s)</th><th>volumes (mL)</th>
 <th>QC flags</th><th>reason</th></tr>
 {chr(10).join(rows)}
 </table></body></html>

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.batch import slurm as slurm_launcher
-from medpipe.batch.adapter import identity, open_predictor
+from medpipe.batch.adapter import check_formats, identity, open_predictor
 from medpipe.batch.ledger import Ledger
 from medpipe.batch.manifest import cases_from_inputs, load_manifest
 from medpipe.batch.records import BatchCase, BatchSpec
@@ -102,6 +102,8 @@ def run_batch(model: Path, inputs: list[Path], out: Path, *, manifest: Path | No
     ledger = Ledger(out)
     ledger.create()
     options = dict(infer_options or {})
+    if options.get("models"):  # workers may start elsewhere (Slurm): absolute paths
+        options["models"] = [str(Path(m).resolve()) for m in options["models"]]
     slots = parse_gpus(gpus) if launcher == "local" else None
     if slots:
         options["device"] = "cuda"
@@ -113,9 +115,16 @@ def run_batch(model: Path, inputs: list[Path], out: Path, *, manifest: Path | No
         cases += cases_from_inputs(inputs, ident.channels)
     if not cases:
         raise InputError("no input images found", path=", ".join(str(p) for p in inputs))
+    check_formats(cases, options)
     spec = BatchSpec(str(model.resolve()), ident.checkpoint, ident.model_sha256, ident.config_hash, options,
                      lease_s, case_timeout_s, 2, time.time(), launcher)
-    todo = [c for c in cases if not ledger.is_done(c, spec)]
+    todo = []
+    for c in cases:
+        if ledger.is_done(c, spec, check_input=True):
+            continue
+        if ledger.is_done(c, spec):  # done, but from an input that has changed since: not done any more
+            ledger.invalidate(c.case_id)
+        todo.append(c)
     check_free_space(out, todo)
     ledger.clear_failures({c.case_id for c in cases})
     ledger.tidy(spec)

@@ -124,12 +124,11 @@ def _row(ledger: Ledger, spec: Any, case: BatchCase) -> CaseRow:
     if ledger.is_done(case, spec):
         meta = read_json(ledger.sidecar(cid)) or {}
         comp = ledger.completion(cid)
-        flags = meta.get("qc_flags") or meta.get("review_flags") or meta.get("qc", {}).get("flags") or []
+        flags, volumes = _qc(meta)
         return CaseRow(cid, "done", comp.attempt if comp else 1, meta.get("seconds_total"),
                        comp.finished_at if comp else ledger.sidecar(cid).stat().st_mtime,
                        worker=comp.worker if comp else None, timings_s=dict(meta.get("timings_s") or {}),
-                       volumes=dict(meta.get("volumes_ml") or meta.get("volumes") or {}),
-                       qc_flags=[str(f) for f in flags])
+                       volumes=volumes, qc_flags=flags)
     failure = ledger.failure(cid)
     if failure:
         return CaseRow(cid, "failed", failure.attempts, reason=f"{failure.kind}: {failure.reason}",
@@ -139,3 +138,13 @@ def _row(ledger: Ledger, spec: Any, case: BatchCase) -> CaseRow:
         return CaseRow(cid, "running", claim.attempt if claim else 1, worker=claim.worker if claim else None)
     reason = claim.reason if claim and claim.state == "crashed" else None
     return CaseRow(cid, "pending", claim.attempt if claim else 0, reason=reason)
+
+
+def _qc(meta: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The review reasons (empty unless the case is flagged for review) and the volume in mL of each label, from
+    the sidecar's ``qc`` record (:class:`medpipe.inference.qc.CaseQC`)."""
+    qc = meta.get("qc") or {}
+    flags = [str(r) for r in qc.get("reasons") or []] if qc.get("review") else []
+    volumes = {str(rec.get("name") or key): rec.get("volume_ml")
+               for key, rec in (qc.get("labels") or {}).items() if isinstance(rec, dict)}
+    return flags, volumes

@@ -10,7 +10,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from medpipe.cli.app import app, err_console, handled, out
-from medpipe.cli.options import Device
+from medpipe.cli.options import Device, SegType, parse_folds
 from medpipe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ def _sbatch_options(items: list[str] | None) -> dict[str, str]:
 
 @batch_app.command("run")
 def batch_run(
-    model: Annotated[Path, typer.Argument(help="Run folder (best.pt) or a checkpoint file.")],
+    model: Annotated[Path, typer.Argument(help="Run folder (best.pt), a checkpoint file, a package (.zip), or a "
+                                               "folder of fold_*/ run folders (an ensemble).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder and ledger.")],
     inputs: Annotated[list[Path] | None, typer.Argument(help="NIfTI files, folders of them, DICOM folders.")] = None,
     manifest: Annotated[Path | None, typer.Option(help="CSV/JSON list of cases (case_id, inputs).")] = None,
@@ -68,6 +69,22 @@ def batch_run(
     slurm_python: Annotated[str | None, typer.Option(help="How array tasks start Python, e.g. 'apptainer exec "
                                                      "--nv medpipe.sif python' (default: this Python).")] = None,
     detach: Annotated[bool, typer.Option(help="Slurm: return after submitting (see `medpipe batch status`).")] = False,
+    ensemble: Annotated[list[Path] | None, typer.Option(
+        "--model", help="Another run folder to ensemble with MODEL (repeatable).")] = None,
+    folds: Annotated[str | None, typer.Option(
+        "--folds", help="Folds of a fold_*/ folder to ensemble: '0,2' or '0 2'; default all.")] = None,
+    tta: Annotated[str | None, typer.Option(help="Mirror TTA: none | flip | all.")] = None,
+    save_probabilities: Annotated[bool, typer.Option(
+        help="Also write <case>_probabilities.nii.gz (uint8, value/255, one frame per label).")] = False,
+    save_uncertainty: Annotated[bool, typer.Option(
+        help="Also write <case>_uncertainty.nii.gz (entropy of the mean, mutual information; value/255).")] = False,
+    output_format: Annotated[str, typer.Option(
+        "--format", help="Comma list of nifti, dicom-seg, rtstruct (DICOM inputs; the NIfTI mask is always written)."
+    )] = "nifti",
+    seg_type: Annotated[SegType, typer.Option(help="DICOM SEG: binary (viewers) or labelmap (compact).")] = "binary",
+    engine: Annotated[str, typer.Option(help="torch, or onnxruntime (packages made with --onnx; CPU).")] = "torch",
+    min_lesion_ml: Annotated[float | None, typer.Option(
+        min=0.0, help="Lesion table: leave out components below this volume (mL; default: the config's).")] = None,
     device: Device = "auto",
     overlap: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")] = None,
     sw_batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per forward pass.")] = None,
@@ -80,12 +97,16 @@ def batch_run(
     from medpipe.batch.run import run_batch
     from medpipe.batch.slurm import SlurmOptions
     from medpipe.cli.render import BatchProgress, render_batch_status
+    from medpipe.inference.dicom_outputs import parse_formats
 
-    options: dict[str, Any] = {"device": device, "overlap": overlap, "sw_batch_size": sw_batch_size,
-                               "allow_non_hu": allow_non_hu,
-                               "dicom_options": {"series": series, "allow_tilt": allow_tilt,
-                                                 "allow_uneven": allow_uneven}}
     with handled():
+        options: dict[str, Any] = {
+            "device": device, "overlap": overlap, "sw_batch_size": sw_batch_size, "allow_non_hu": allow_non_hu,
+            "dicom_options": {"series": series, "allow_tilt": allow_tilt, "allow_uneven": allow_uneven},
+            "models": [str(m) for m in ensemble or []], "folds": parse_folds(folds), "tta": tta,
+            "save_probabilities": save_probabilities, "save_uncertainty": save_uncertainty,
+            "formats": list(parse_formats(output_format)), "seg_type": seg_type, "engine": engine,
+            "min_lesion_ml": min_lesion_ml}
         slurm = SlurmOptions(slurm_partition, slurm_gpus_per_task, slurm_cpus_per_task, slurm_mem_gb,
                              slurm_array_parallelism, slurm_time, _sbatch_options(sbatch), slurm_python)
         with BatchProgress(err_console) as progress:

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -88,6 +90,70 @@ def test_a_claim_of_a_dead_process_is_taken_over_at_once(tmp_path: Path) -> None
     assert retaken is None and "SIGKILL" in (ledger.failure("a").reason or "")  # type: ignore[union-attr]
 
 
+def test_a_queued_claim_whose_worker_died_is_not_an_attempt(tmp_path: Path) -> None:
+    """A worker's pipeline holds the next case in reserve (queued); if the worker dies then, the case never reached
+    the network: it is taken over with the same attempt number, and never failed for it."""
+    ledger = Ledger(tmp_path)
+    ledger.create()
+    spec = _spec()
+    proc = subprocess.Popen(["sleep", "0"])
+    proc.wait()
+    host = __import__("socket").gethostname()
+    for attempt in (1, 2):  # even at the last attempt: being held in reserve is no attempt
+        dead = Claim("a", f"t{attempt}", "w0", host, proc.pid, "1", attempt, time.time(), "queued")
+        ledger.lock_path("a").write_text(json.dumps(dead.to_json()))
+        taken = ledger.claim("a", "w1", spec, state="queued")
+        assert taken is not None and taken.attempt == attempt and taken.state == "queued"
+        assert ledger.failure("a") is None
+        running = ledger.set_state(taken, "running")
+        assert running is not None and running.state == "running" and running.token == taken.token
+        assert ledger.holds(running) and ledger.read_claim("a")[0] == running
+        ledger.release(running)
+    dead = Claim("a", "t9", "w0", host, proc.pid, "1", 1, time.time(), "running")  # started: it counts
+    ledger.lock_path("a").write_text(json.dumps(dead.to_json()))
+    taken = ledger.claim("a", "w1", spec)
+    assert taken is not None and taken.attempt == 2
+
+
+def test_tidy_removes_what_killed_lock_writes_left_but_not_a_write_in_progress(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.create()
+    old, fresh = ledger.locks / ".a.new.t1", ledger.locks / ".b.new.t2"
+    for f in (old, fresh):
+        f.write_text("{}")
+    past = time.time() - 10
+    os.utime(old, (past, past))
+    ledger.tidy(_spec())
+    assert not old.exists() and fresh.exists()
+
+
+@pytest.mark.slow
+def test_a_worker_runs_its_cases_pipelined(tmp_path: Path, model: Path) -> None:
+    """One worker reads the next case while the network runs the current one: at some instant it holds a running
+    claim and a queued one; the masks are those of `medpipe infer`."""
+    inputs = tiny_cases(tmp_path / "in", 6, (64, 64, 48))
+    out = tmp_path / "out"
+    proc = start(batch_cmd(model, inputs, out), tmp_path / "run.log")
+    overlap: list[list[tuple[str, str]]] = []
+    try:
+        while proc.poll() is None:
+            held = [(c.worker, c.state) for c in locks(out)]
+            if len({w for w, _ in held}) == 1 and {s for _, s in held} == {"queued", "running"}:
+                overlap.append(held)
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text()
+    assert overlap, "the worker never held a case in reserve while another was in the network"
+    done = check_ledger(out, IDS6)
+    assert {d["attempt"] for d in done.values()} == {1} and len({d["worker"] for d in done.values()}) == 1
+    ref = runner.invoke(app, ["infer", str(model), str(inputs), "-o", str(tmp_path / "infer"), "--device", "cpu"])
+    assert ref.exit_code == 0, ref.output
+    for cid in IDS6:
+        got = np.asarray(nib.load(str(out / "predictions" / f"{cid}.nii.gz")).dataobj)
+        assert np.array_equal(got, np.asarray(nib.load(str(tmp_path / "infer" / f"{cid}.nii.gz")).dataobj)), cid
+
+
 def test_two_workers_claiming_200_cases_at_once_take_each_exactly_once(tmp_path: Path) -> None:
     Ledger(tmp_path).create()
     go = str(time.time() + 2.0)
@@ -136,6 +202,10 @@ def test_batch_with_two_workers_then_status_and_a_rerun_that_computes_nothing(tm
     report = json.loads((out / "batch.json").read_text())
     assert report["counts"] == {"total": 6, "done": 6, "failed": 0, "running": 0, "pending": 0}
     assert [r["status"] for r in report["rows"]] == ["done"] * 6 and report["cases_per_hour"] > 0
+    for row in report["rows"]:  # the sidecar's QC review reasons and label volumes reach the report
+        qc = json.loads((out / "predictions" / f"{row['case_id']}.json").read_text())["qc"]
+        assert row["qc_flags"] == (qc["reasons"] if qc["review"] else [])
+        assert row["volumes"] == {"organ": qc["labels"]["1"]["volume_ml"]}
     assert "case000" in (out / "batch.html").read_text()
     status = runner.invoke(app, ["batch", "status", str(out)])
     assert status.exit_code == 0 and "6 done, 0 failed, 0 running, 0 pending" in status.output
@@ -190,17 +260,18 @@ def test_whole_batch_killed_then_the_same_command_finishes_it(tmp_path: Path, mo
     cmd = batch_cmd(model, inputs6, out, "--workers", "2")
     proc = start(cmd, tmp_path / "run1.log")
     try:
-        wait_until(lambda: len(list((out / "ledger" / "done").glob("*.json"))) >= 1 and locks(out), 400,
-                   "a finished case and one in flight")
+        wait_until(lambda: len(list((out / "ledger" / "done").glob("*.json"))) >= 1
+                   and any(c.state == "running" for c in locks(out)), 400, "a finished case and one in flight")
         os.killpg(proc.pid, signal.SIGSTOP)  # freeze launcher and workers, then kill them all
-        in_flight = {c.case_id for c in locks(out)} - {p.stem for p in (out / "predictions").glob("*.json")}
+        finished_names = {p.stem for p in (out / "predictions").glob("*.json")}
+        in_flight = {c.case_id: c.state for c in locks(out) if c.case_id not in finished_names}
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
         proc.kill()
     finished = {p.stem: json.loads((out / "ledger" / "done" / p.name).read_text())
                 for p in (out / "predictions").glob("*.json")}  # the sidecar is the mark of a finished case
-    assert not in_flight & set(finished)
+    assert not in_flight.keys() & set(finished)
     for side in (out / "predictions").glob("*.json"):  # what is visible as done is whole
         assert json.loads(side.read_text())["status"] == "ok"
     res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
@@ -208,8 +279,8 @@ def test_whole_batch_killed_then_the_same_command_finishes_it(tmp_path: Path, mo
     done = check_ledger(out, IDS6)
     for cid, rec in finished.items():
         assert done[cid] == rec  # finished before the kill: not recomputed
-    for cid in in_flight:
-        assert done[cid]["attempt"] == 2  # killed mid-case: recomputed
+    for cid, state in in_flight.items():  # killed mid-case: recomputed (an attempt only if it had started)
+        assert done[cid]["attempt"] == (2 if state == "running" else 1), (cid, state)
 
 
 def _mount_tmpfs(where: Path, options: str) -> bool:
@@ -265,3 +336,70 @@ def test_cli_dispatch_run_by_default_and_status(tmp_path: Path, model: Path) -> 
     assert res.exit_code == 1 and "--gpus 'x'" in res.output
     res = runner.invoke(app, ["batch", str(model), str(tmp_path), "-o", str(tmp_path / "o"), "--sbatch", "novalue"])
     assert res.exit_code == 1 and "KEY=VALUE" in res.output
+
+
+def test_gpu_slots_give_each_worker_its_own_visible_device(tmp_path: Path, model: Path, inputs6: Path) -> None:
+    """`--gpus 3,5`: one worker per GPU, each started with CUDA_VISIBLE_DEVICES of its own. The spec runs on the
+    CPU here (no GPU on this machine): the test reads each live worker's environment from /proc."""
+    import threading
+
+    from medpipe.batch.adapter import identity, open_predictor
+    from medpipe.batch.local import LocalLauncher
+    from medpipe.batch.manifest import cases_from_inputs
+
+    out = tmp_path / "out"
+    ledger = Ledger(out)
+    ledger.create()
+    ident = identity(open_predictor(model, {"device": "cpu"}))
+    spec = BatchSpec(str(model), ident.checkpoint, ident.model_sha256, ident.config_hash, {"device": "cpu"}, 60.0,
+                     None, 2, time.time())
+    ledger.write_spec(spec, cases_from_inputs([inputs6], ident.channels))
+    launcher = LocalLauncher(out, gpus=["3", "5"])
+    seen: dict[int, str] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for w in list(launcher.live.values()):
+                try:
+                    environ = Path(f"/proc/{w.proc.pid}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                visible = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"CUDA_VISIBLE_DEVICES=")]
+                seen[w.proc.pid] = visible[0] if visible else ""
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        launcher.run()
+    finally:
+        done.set()
+        watcher.join()
+    assert sorted(seen.values()) == ["3", "5"], seen  # two workers, one per GPU
+    check_ledger(out, IDS6)
+
+
+@pytest.mark.slow
+def test_manifest_batch_and_a_changed_input_is_recomputed(tmp_path: Path, model: Path) -> None:
+    """Cases from a CSV manifest take its ids; a rerun recomputes only the case whose input changed (the sidecar's
+    input hash no longer matches), the others are kept."""
+    inputs = tiny_cases(tmp_path / "in", 3)
+    (tmp_path / "cases.csv").write_text("case_id,image\n" + "".join(
+        f"patient-{i},in/case{i:03d}.nii.gz\n" for i in range(3)))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "medpipe.cli", "batch", str(model), "--manifest", str(tmp_path / "cases.csv"),
+           "-o", str(out), "--device", "cpu"]
+    ids = [f"patient-{i}" for i in range(3)]
+    res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    first = check_ledger(out, ids)
+    before = json.loads((out / "predictions" / "patient-1.json").read_text())["input_sha256"]
+    changed = tiny_cases(tmp_path / "other", 3)  # other phantoms (seeds 0-2) of the same size: copy one over
+    (inputs / "case001.nii.gz").write_bytes((changed / "case002.nii.gz").read_bytes())
+    res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    again = check_ledger(out, ids)
+    assert again["patient-0"] == first["patient-0"] and again["patient-2"] == first["patient-2"]
+    assert again["patient-1"]["finished_at"] > first["patient-1"]["finished_at"]
+    assert json.loads((out / "predictions" / "patient-1.json").read_text())["input_sha256"] != before

@@ -155,15 +155,18 @@ def test_schema_refuses_inconsistent_nnunet_manifests(folders: dict[str, Path], 
 
 def test_batch_adapter_runs_nnunet_packages(folders: dict[str, Path], tmp_path: Path) -> None:
     """``medpipe batch`` opens its predictor through the adapter: an nnU-Net package gives the same mask there."""
-    from medpipe.batch.adapter import identity, open_predictor, segment_case
-    from medpipe.batch.records import BatchCase
+    from medpipe.batch.adapter import Job, identity, open_predictor, read_case, run_network, write_outputs
+    from medpipe.batch.records import BatchCase, Claim
 
     pkg = _import(folders["labels"], tmp_path / "model.zip")
     predictor = open_predictor(pkg, {"device": "cpu", "overlap": None, "sw_batch_size": None, "allow_non_hu": True})
     assert identity(predictor).model_sha256 == read_package(pkg).manifest_sha256
     image = folders["images"] / "caseB_0000.nii.gz"
-    ok, error = segment_case(predictor, BatchCase("caseB", (str(image),)), tmp_path / "out", {"allow_non_hu": True})
-    assert ok, error
+    (tmp_path / "out").mkdir()
+    job = Job(Claim("caseB", "t", "w", "h", 0, "", 1, 0.0), BatchCase("caseB", (str(image),)), tmp_path / "out")
+    options = {"allow_non_hu": True}  # the worker's three stages, one after the other
+    job = write_outputs(predictor, run_network(predictor, read_case(predictor, job, options)), options)
+    assert not job.error, job.error
     direct = predict_nnunet(folders["labels"], [image], tmp_path / "direct", postprocess=True)
     assert np.array_equal(np.asarray(nib.load(tmp_path / "out" / "caseB.nii.gz").dataobj),
                           np.asarray(nib.load(direct[0].output).dataobj))

@@ -6,6 +6,7 @@ what changed)."""
 
 from __future__ import annotations
 
+import json
 import resource
 import shutil
 import signal
@@ -73,6 +74,24 @@ def test_warnings_devices_and_empty_labels_are_surfaced(one_epoch: tuple[Path, l
     assert "running on cpu: requested with --device cpu" in notices
     split = (run / "split.json").read_text()
     assert "label has no foreground" in split and "case_identity" in split
+
+
+@pytest.mark.slow
+def test_every_phase_reports_progress_per_unit(one_epoch: tuple[Path, list[TrainEvent]]) -> None:
+    """Issue 15: dataset check (per case), caching (per case), the epoch (per iteration) and validation (per case)
+    each report ``step`` of ``steps``, counting up to the end, so the CLI can show a bar and an estimate."""
+    run, events = one_epoch
+    kinds = [e.kind for e in events]
+    for kind, total in (("check", 6), ("cache", None), ("step", 3), ("val_case", None)):
+        seen = [(e.step, e.steps) for e in events if e.kind == kind]
+        assert seen, f"no {kind!r} progress in {sorted(set(kinds))}"
+        steps = {n for _, n in seen}
+        assert len(steps) == 1 and (total is None or steps == {total}), (kind, seen)
+        assert [i for i, _ in seen] == list(range(1, seen[0][1] + 1)), (kind, seen)  # 1, 2, ... steps
+    assert any(e.kind == "phase" and "caching" in e.message for e in events)
+    assert kinds.index("check") < kinds.index("cache") < kinds.index("step") < kinds.index("val_case")
+    n_val = len(json.loads((run / "split.json").read_text())["val"])
+    assert {e.steps for e in events if e.kind == "val_case"} == {n_val}
 
 
 def test_shm_plan_falls_back_to_the_main_process_when_dev_shm_is_small() -> None:

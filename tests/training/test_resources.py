@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from medpipe.config import config_from_dict, load_config
@@ -38,3 +41,23 @@ def test_a_cache_that_would_not_fit_in_ram_goes_to_disk_with_a_notice(tmp_path: 
     fitted, note = fit_cache(cfg, cases, tmp_path / "run", ram=need)
     assert fitted.training.cache_dir == str(tmp_path / "run" / "preprocessed")
     assert note is not None and "would not fit" in note and "on disk" in note
+
+
+def test_a_cache_that_fits_neither_ram_nor_disk_is_turned_off_with_a_notice(tmp_path: Path) -> None:
+    root = tmp_path / "kits"
+    for case in sorted((REPO / "sample_data" / "kits").iterdir())[:3]:
+        shutil.copytree(case, root / case.name)
+    raw = yaml.safe_load((REPO / "pipelines" / "sample-ct.yaml").read_text())
+    cfg = config_from_dict({**raw, "data": {**raw["data"], "root": str(root)}})
+    cases = list(load_dataset(root, "auto").cases)
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and a tmpfs mount to make a disk too small for the cache")
+    try:
+        fitted, note = fit_cache(cfg, cases, small / "run", ram=cache_bytes(cfg, cases))
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+    assert fitted.training.cache is False and not fitted.training.cache_dir
+    assert note is not None and "would not fit" in note and "no cache" in note

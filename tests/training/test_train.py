@@ -226,7 +226,16 @@ def test_persistent_cache_is_reused_and_survives_a_truncated_file(tmp_path: Path
 
 def test_tensorboard_events_when_installed(kits_run: Path) -> None:
     pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     assert list((kits_run / "tensorboard").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(kits_run / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("train_loss", "data_wait_s", "compute_s"):  # where each epoch's time went, as in metrics.csv
+        assert tag in tags, tags
+        assert [e.step for e in acc.Scalars(tag)] == [1, 2]
+    assert all(e.value >= 0 for e in acc.Scalars("data_wait_s")) and all(e.value > 0 for e in acc.Scalars("compute_s"))
 
 
 @pytest.mark.slow

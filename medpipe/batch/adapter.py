@@ -8,6 +8,7 @@ Everything else in ``medpipe.batch`` is about the ledger and the processes; if t
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.batch.records import BatchCase, Claim
-from medpipe.errors import MedpipeError
+from medpipe.errors import InputError, MedpipeError
 from medpipe.io.dicom.options import DicomOptions
 
 
@@ -108,7 +109,14 @@ def read_case(predictor: Any, job: Job, options: dict[str, Any]) -> Job:
         job.error = f"{predictor.checkpoint}: a classifier; classify with `medpipe infer` (predictions.csv)"
         return job
     case = job.case
-    inp = InputCase(case.case_id, tuple(Path(f) for f in case.files), Path(case.dicom_dir) if case.dicom_dir else None)
+    if case.remote is not None:
+        job = _guard(job, lambda: pull_series(case, job.folder / PULLED, options), "pulling the series")
+        if job.error:
+            return job
+        inp = InputCase(case.case_id, (), job.opened)
+    else:
+        inp = InputCase(case.case_id, tuple(Path(f) for f in case.files),
+                        Path(case.dicom_dir) if case.dicom_dir else None)
     copts = _case_options(options)
     job = _guard(job, lambda: open_case(predictor, inp, job.folder, copts, None), "reading the input")
     return _guard(job, lambda: prepare_case(predictor, job.opened), "preprocessing")
@@ -133,7 +141,41 @@ def write_outputs(predictor: Any, job: Job, options: dict[str, Any]) -> Job:
     from medpipe.inference.batch import write_case
 
     copts = _case_options(options)
-    return _guard(job, lambda: write_case(predictor, job.opened, job.folder, copts), "writing the outputs")
+    job = _guard(job, lambda: write_case(predictor, job.opened, job.folder, copts), "writing the outputs")
+    shutil.rmtree(job.folder / PULLED, ignore_errors=True)  # a pulled input is not an output: never committed
+    return job
+
+
+#: Where a worker pulls a DICOMweb case's series: inside the attempt's private staging folder, removed before the
+#: outputs are committed (and with the folder when the attempt fails or its worker dies).
+PULLED = ".pulled"
+
+
+def dicomweb_options(options: dict[str, Any]) -> Any:
+    """The batch spec's DICOMweb options (``dicomweb``: netrc file, insecure, retries) as the client's record.
+    Credentials themselves are never in the spec: each worker reads them from its environment or the netrc file."""
+    from medpipe.io.dicomweb import DicomwebOptions
+
+    d = options.get("dicomweb") or {}
+    return DicomwebOptions(netrc_file=Path(d["netrc"]) if d.get("netrc") else None,
+                           insecure=bool(d.get("insecure", False)), retries=int(d.get("retries", 3)))
+
+
+def pull_series(case: BatchCase, folder: Path, options: dict[str, Any]) -> Path:
+    """Pull a DICOMweb case's series into ``folder``; the folder of its one series. A study of several series
+    without a chosen one is refused, naming the series (UIDs only)."""
+    from medpipe.io.dicomweb import pull
+
+    remote = case.remote
+    if remote is None:
+        raise InputError("not a DICOMweb case", path=case.case_id)
+    result = pull(remote.url, remote.study_uid, remote.series_uid, out_dir=folder, options=dicomweb_options(options))
+    if len(result.series) != 1:
+        uids = ", ".join(s.series_uid for s in result.series)
+        raise InputError(f"study {remote.study_uid} holds {len(result.series)} series ({uids}); a case is one series",
+                         path=f"{result.server} (case {case.case_id})",
+                         hint="name the series in the manifest (series_uid)")
+    return result.series[0].folder
 
 
 def check_formats(cases: list[BatchCase], options: dict[str, Any]) -> None:
@@ -142,4 +184,4 @@ def check_formats(cases: list[BatchCase], options: dict[str, Any]) -> None:
     from medpipe.inference.inputs import InputCase
 
     check_inputs([InputCase(c.case_id, tuple(Path(f) for f in c.files), Path(c.dicom_dir) if c.dicom_dir else None)
-                  for c in cases], tuple(options.get("formats") or ("nifti",)))
+                  for c in cases if c.remote is None], tuple(options.get("formats") or ("nifti",)))

@@ -27,19 +27,56 @@ def check_case_id(case_id: str, where: str | Path | None = None) -> str:
 
 
 @dataclass(frozen=True)
+class RemoteSeries:
+    """A case's input on a DICOMweb server: the server's root URL (no credentials in it), a study and optionally
+    one series of it. The worker pulls it into the case's staging folder before reading."""
+
+    url: str
+    study_uid: str
+    series_uid: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "study_uid": self.study_uid, "series_uid": self.series_uid}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RemoteSeries:
+        series = d.get("series_uid")
+        return cls(str(d["url"]), str(d["study_uid"]), str(series) if series else None)
+
+
+@dataclass(frozen=True)
 class BatchCase:
-    """One unit of work: a case id and its inputs (NIfTI files in channel order, or one DICOM folder)."""
+    """One unit of work: a case id and its inputs (NIfTI files in channel order, one DICOM folder, or a series on a
+    DICOMweb server)."""
 
     case_id: str
     files: tuple[str, ...] = ()
     dicom_dir: str | None = None
+    remote: RemoteSeries | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"case_id": self.case_id, "files": list(self.files), "dicom_dir": self.dicom_dir}
+        d: dict[str, Any] = {"case_id": self.case_id, "files": list(self.files), "dicom_dir": self.dicom_dir}
+        if self.remote is not None:
+            d["remote"] = self.remote.to_json()
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> BatchCase:
-        return cls(str(d["case_id"]), tuple(str(f) for f in d.get("files", ())), d.get("dicom_dir"))
+        remote = d.get("remote")
+        return cls(str(d["case_id"]), tuple(str(f) for f in d.get("files", ())), d.get("dicom_dir"),
+                   RemoteSeries.from_json(remote) if isinstance(remote, dict) else None)
+
+    @property
+    def is_dicom(self) -> bool:
+        """A DICOM series (a local folder or a DICOMweb reference), so DICOM outputs can reference it."""
+        return self.dicom_dir is not None or self.remote is not None
+
+    @property
+    def source(self) -> str:
+        """What to name in messages: the first input file, the DICOM folder, or the server and study."""
+        if self.remote is not None:
+            return f"{self.remote.url} study {self.remote.study_uid}"
+        return self.files[0] if self.files else str(self.dicom_dir)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from medpipe.cli.app import app, err_console, handled, out
-from medpipe.cli.options import Device, SegType, parse_folds
+from medpipe.cli.options import Device, Insecure, NetrcFile, Retries, SegType, parse_folds
 from medpipe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -50,7 +50,9 @@ def batch_run(
                                                "folder of fold_*/ run folders (an ensemble).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder and ledger.")],
     inputs: Annotated[list[Path] | None, typer.Argument(help="NIfTI files, folders of them, DICOM folders.")] = None,
-    manifest: Annotated[Path | None, typer.Option(help="CSV/JSON list of cases (case_id, inputs).")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="CSV/JSON list of cases (case_id, inputs; or a series on a "
+                                                       "DICOMweb server: dicomweb_url, study_uid, series_uid).")
+                        ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local CPU worker processes.")] = 1,
     gpus: Annotated[str | None, typer.Option(help="Local: one worker per GPU: all, or a list like 0,1.")] = None,
     launcher: Annotated[str, typer.Option(help="local or slurm.")] = "local",
@@ -92,6 +94,9 @@ def batch_run(
     allow_tilt: Annotated[bool, typer.Option(help="DICOM: resample gantry-tilted stacks.")] = False,
     allow_uneven: Annotated[bool, typer.Option(help="DICOM: resample uneven slice spacing.")] = False,
     allow_non_hu: Annotated[bool, typer.Option(help="CT models: segment inputs that do not look like HU.")] = False,
+    netrc_file: NetrcFile = None,
+    insecure: Insecure = False,
+    retries: Retries = 3,
 ) -> None:
     """Segment many cases; rerun the same command to resume (only what is not done is computed)."""
     from medpipe.batch.run import run_batch
@@ -106,7 +111,12 @@ def batch_run(
             "models": [str(m) for m in ensemble or []], "folds": parse_folds(folds), "tta": tta,
             "save_probabilities": save_probabilities, "save_uncertainty": save_uncertainty,
             "formats": list(parse_formats(output_format)), "seg_type": seg_type, "engine": engine,
-            "min_lesion_ml": min_lesion_ml}
+            "min_lesion_ml": min_lesion_ml,
+            # manifest cases on a DICOMweb server; credentials stay in the environment / the netrc file
+            "dicomweb": {"netrc": str(netrc_file.resolve()) if netrc_file else None, "insecure": insecure,
+                         "retries": retries}}
+        if insecure:
+            err_console.print("[yellow]note[/]: TLS certificate verification is off (--insecure)")
         slurm = SlurmOptions(slurm_partition, slurm_gpus_per_task, slurm_cpus_per_task, slurm_mem_gb,
                              slurm_array_parallelism, slurm_time, _sbatch_options(sbatch), slurm_python)
         with BatchProgress(err_console) as progress:

@@ -98,6 +98,9 @@ def run_batch(model: Path, inputs: list[Path], out: Path, *, manifest: Path | No
         raise ConfigError(f"unknown launcher {launcher!r}", hint="use local or slurm")
     if not inputs and manifest is None:
         raise InputError("no inputs: give files/folders or --manifest")
+    if gpus is not None and workers != 1:
+        raise ConfigError(f"--workers {workers} and --gpus {gpus} both given: --gpus starts one worker per GPU",
+                          hint="give one of them (--workers for CPU workers)")
     ensure_writable_dir(out)
     ledger = Ledger(out)
     ledger.create()

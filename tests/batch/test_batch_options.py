@@ -73,3 +73,7 @@ def test_batch_refuses_dicom_formats_for_nifti_inputs_and_bad_options(tmp_path: 
                               "--format", "dicom-seg"])
     assert res.exit_code == 1 and "DICOM" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o" / "ledger").exists() or not list((tmp_path / "o" / "logs").glob("w*.log"))
+    res = runner.invoke(app, ["batch", str(model), str(inputs), "-o", str(tmp_path / "g"), "--workers", "2",
+                              "--gpus", "0,1"])
+    assert res.exit_code == 1 and "--workers 2 and --gpus 0,1 both given" in " ".join(res.output.split())
+    assert not (tmp_path / "g").exists()  # refused before the ledger is made

@@ -151,7 +151,9 @@ def render_infer(console: Console, result: InferResult) -> None:
             shown += f" (SEG pushed to {c.push.server})"
         if c.note:
             shown += f" ({c.note})"
-        qc = "" if c.qc is None else ("[yellow]review[/]: " + escape(c.qc["qc_reasons"]) if c.qc["review"] else "ok")
+        # one reason per line: a case with three reasons stays a readable row, on a terminal and in a log file
+        reasons = "\n".join(escape(r) for r in str(c.qc["qc_reasons"]).split("; ")) if c.qc else ""
+        qc = "" if c.qc is None else ("[yellow]review[/]:\n" + reasons if c.qc["review"] else "ok")
         row = [escape(c.case_id), f"[{style[c.status]}]{c.status}[/]"] + [f"{c.seconds:.1f}"] * timed
         row += ["" if c.lesions is None else str(c.lesions)] * lesions + [qc] * qcs
         table.add_row(*row, escape(shown))

@@ -241,3 +241,24 @@ def test_markup_shaped_names_survive_every_kind_of_cli_output(tmp_path: Path) ->
     assert "ct[arterial 3-2]" in res.output  # the caption: no prediction for this reference case
     assert "1 kidney[left]" in res.output  # the label row
     assert f"report: {out / 'report.html'}" in _flat(res.output)
+
+
+def test_qc_reasons_are_one_per_line_so_a_piped_table_stays_readable() -> None:
+    import io
+
+    from rich.console import Console
+
+    from medpipe.cli.render import render_infer
+    from medpipe.inference.batch import CaseResult, InferResult
+
+    reasons = ["label 2 (tumor): volume 0.0 ml outside the training range [1.1, 3.6] ml (margin 0.25)",
+               "label 2 (tumor): maximum probability 0.43 below 0.7",
+               "label 2 (tumor): mean uncertainty 0.94 above 0.4"]
+    case = CaseResult("case_00008", "ok", Path("runs/x/predictions/case_00008.nii.gz"), seconds=0.2, lesions=4,
+                      qc={"review": True, "qc_reasons": "; ".join(reasons)})
+    buf = io.StringIO()
+    render_infer(Console(file=buf, width=1000, color_system=None), InferResult([case]))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) < 200  # was one 300-column row in a log file
+    for reason in reasons:
+        assert any(reason in line for line in lines), reason

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,11 @@ class BatchSpec:
         if d.get("format") != SPEC_FORMAT:
             raise OutputError(f"batch spec format {d.get('format')!r}, expected {SPEC_FORMAT}",
                               hint="this ledger was written by another medpipe version")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        timeout = d.get("case_timeout_s")
+        return cls(str(d["model"]), str(d["checkpoint"]), str(d["model_sha256"]), str(d["config_hash"]),
+                   dict(d.get("infer_options") or {}), float(d.get("lease_s", 60.0)),
+                   None if timeout is None else float(timeout), int(d.get("max_attempts", 2)),
+                   float(d.get("submitted_at", 0.0)), str(d.get("launcher", "local")))
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,10 @@ class Claim:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Claim:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        reason = d.get("reason")
+        return cls(str(d["case_id"]), str(d["token"]), str(d["worker"]), str(d["host"]), int(d["pid"]),
+                   str(d["pid_start"]), int(d["attempt"]), float(d["claimed_at"]), str(d.get("state", "running")),
+                   None if reason is None else str(reason))
 
 
 @dataclass(frozen=True)
@@ -157,8 +162,8 @@ class Failure:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Failure:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(str(d["case_id"]), str(d["kind"]), str(d["reason"]), int(d["attempts"]), float(d["failed_at"]),
+                   str(d.get("worker", "")))
 
 
 @dataclass(frozen=True)
@@ -179,8 +184,8 @@ class Completion:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Completion:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(str(d["case_id"]), str(d["worker"]), str(d["host"]), int(d["attempt"]), float(d["claimed_at"]),
+                   float(d["finished_at"]), [[int(v) for v in st] for st in d.get("inputs_stat", [])])
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ sliding window, the output activation, the label table, postprocessing, provenan
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Literal
@@ -40,6 +41,10 @@ class Architecture:
     args: dict[str, Any]
     slice_wise: bool = False
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Architecture:
+        return cls(str(d["name"]), dict(d["args"]), bool(d.get("slice_wise", False)))
+
 
 @dataclass(frozen=True)
 class Channel:
@@ -48,6 +53,10 @@ class Channel:
     index: int
     name: str
     modality: str
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Channel:
+        return cls(int(d["index"]), str(d["name"]), str(d["modality"]))
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,10 @@ class Normalisation:
     channel: int
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Normalisation:
+        return cls(int(d["channel"]), str(d["kind"]), dict(d.get("params", {})))
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,11 @@ class SlidingWindow:
     blend: str
     sw_batch_size: int
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SlidingWindow:
+        return cls(tuple(int(v) for v in d["patch_size_vox"]), float(d["overlap"]), str(d["blend"]),
+                   int(d["sw_batch_size"]))
+
 
 @dataclass(frozen=True)
 class Output:
@@ -105,6 +123,11 @@ class Label:
     category: dict[str, str] | None = None
     type: dict[str, str] | None = None
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Label:
+        r, g, b = (int(c) for c in d["color"])
+        return cls(int(d["value"]), str(d["name"]), (r, g, b), d.get("category"), d.get("type"))
+
 
 @dataclass(frozen=True)
 class Region:
@@ -121,7 +144,13 @@ class Fold:
     fold: int
     weights: str
     onnx: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: Mapping[str, float | None] = field(default_factory=dict)  # None: undefined (JSON null)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Fold:
+        onnx = d.get("onnx")
+        return cls(int(d["fold"]), str(d["weights"]), str(onnx) if onnx is not None else None,
+                   {str(k): None if v is None else float(v) for k, v in d.get("metrics", {}).items()})
 
 
 @dataclass(frozen=True)
@@ -131,6 +160,10 @@ class FileEntry:
     path: str
     sha256: str
     size: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FileEntry:
+        return cls(str(d["path"]), str(d["sha256"]), int(d["size"]))
 
 
 @dataclass(frozen=True)
@@ -165,21 +198,20 @@ class Manifest:
         pre = raw["preprocessing"]
         return cls(
             name=raw["name"], format=raw["format"],
-            architecture=Architecture(**raw["architecture"]),
-            channels=tuple(Channel(**c) for c in raw["channels"]),
+            architecture=Architecture.from_json(raw["architecture"]),
+            channels=tuple(Channel.from_json(c) for c in raw["channels"]),
             preprocessing=Preprocessing(
                 kind=pre["kind"], orientation=pre["orientation"],
                 target_spacing_mm=tuple(pre["target_spacing_mm"]),
-                normalisation=tuple(Normalisation(**n) for n in pre["normalisation"]),
+                normalisation=tuple(Normalisation.from_json(n) for n in pre["normalisation"]),
                 crop_foreground=pre["crop_foreground"], config=pre.get("config", {}), params=pre.get("params", {}),
             ),
-            sliding_window=SlidingWindow(**{**raw["sliding_window"],
-                                            "patch_size_vox": tuple(raw["sliding_window"]["patch_size_vox"])}),
+            sliding_window=SlidingWindow.from_json(raw["sliding_window"]),
             output=Output(activation=raw["output"]["activation"], tta_axes=tuple(raw["output"].get("tta_axes", ()))),
-            labels=tuple(Label(**{**lab, "color": tuple(lab["color"])}) for lab in raw["labels"]),
+            labels=tuple(Label.from_json(lab) for lab in raw["labels"]),
             regions=tuple(Region(r["name"], tuple(r["labels"])) for r in raw.get("regions", ())),
-            folds=tuple(Fold(**f) for f in raw["folds"]),
-            files=tuple(FileEntry(**f) for f in raw["files"]),
+            folds=tuple(Fold.from_json(f) for f in raw["folds"]),
+            files=tuple(FileEntry.from_json(f) for f in raw["files"]),
             postprocessing=raw.get("postprocessing", {}), training=raw.get("training", {}),
             licence=raw.get("licence", "unspecified"), source=raw.get("source", {}),
             software=raw.get("software", {}),

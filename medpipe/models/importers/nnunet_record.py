@@ -106,21 +106,34 @@ class NnunetRecord:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise CheckpointError(f"not an imported nnU-Net model record (format {found!r}, "
                                   f"expected {NNUNET_RECORD_FORMAT!r})")
-        fields = dict(data)
-        fields.pop("kind", None)
-        tuples = ("folds", "channel_names", "transpose_forward", "transpose_backward", "target_spacing", "patch_size",
-                  "normalization_schemes", "use_mask_for_norm", "intensity_properties", "resampling_data",
-                  "resampling_probabilities", "kw_requires_import", "postprocessing")
-        for key in tuples:
-            if key in fields and fields[key] is not None:
-                fields[key] = tuple(fields[key])
-        for key in ("regions_class_order", "mirror_axes"):
-            if fields.get(key) is not None:
-                fields[key] = tuple(fields[key])
+        d = data
         try:
-            return cls(**fields)
-        except TypeError as err:
-            raise CheckpointError(f"imported nnU-Net model record has unexpected fields ({err})") from err
+            rc, mirror = d.get("regions_class_order"), d.get("mirror_axes")
+            return cls(
+                dataset_name=str(d["dataset_name"]), plans_name=str(d["plans_name"]),
+                trainer_name=str(d["trainer_name"]), configuration=str(d["configuration"]),
+                folds=tuple(str(f) for f in d["folds"]), image_reader=str(d["image_reader"]),
+                file_ending=str(d["file_ending"]), channel_names=tuple(str(c) for c in d["channel_names"]),
+                transpose_forward=tuple(int(a) for a in d["transpose_forward"]),
+                transpose_backward=tuple(int(a) for a in d["transpose_backward"]),
+                target_spacing=tuple(float(v) for v in d["target_spacing"]),
+                patch_size=tuple(int(v) for v in d["patch_size"]),
+                normalization_schemes=tuple(str(n) for n in d["normalization_schemes"]),
+                use_mask_for_norm=tuple(bool(m) for m in d["use_mask_for_norm"]),
+                intensity_properties=tuple(None if p is None else {str(k): float(v) for k, v in p.items()}
+                                           for p in d["intensity_properties"]),
+                resampling_data=_resampling(d["resampling_data"]),
+                resampling_probabilities=_resampling(d["resampling_probabilities"]),
+                network_class=str(d["network_class"]), network_kwargs=dict(d["network_kwargs"]),
+                kw_requires_import=tuple(str(k) for k in d["kw_requires_import"]),
+                num_input_channels=int(d["num_input_channels"]), labels=dict(d["labels"]),
+                regions_class_order=None if rc is None else tuple(int(v) for v in rc),
+                mirror_axes=None if mirror is None else tuple(int(a) for a in mirror),
+                tile_step_size=float(d.get("tile_step_size", 0.5)),
+                postprocessing=tuple(dict(p) for p in d.get("postprocessing", ())),
+                format=str(d["format"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(f"imported nnU-Net model record is malformed ({type(err).__name__}: {err})") from err
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)
@@ -129,3 +142,9 @@ class NnunetRecord:
 def _is_background(value: Any) -> bool:
     vals = value if isinstance(value, (list, tuple)) else [value]
     return {int(v) for v in vals} == {0}
+
+
+def _resampling(value: Any) -> tuple[int, int, bool | None]:
+    """(order, order_z, force_separate_z) as JSON wrote it (a list)."""
+    order, order_z, separate = value
+    return int(order), int(order_z), None if separate is None else bool(separate)

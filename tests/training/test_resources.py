@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,13 +27,19 @@ def test_auto_workers_leave_a_core_and_explicit_numbers_are_capped_with_a_notice
     assert config_from_dict({"training": {"num_workers": "auto"}}).training.num_workers == "auto"
 
 
-def test_a_cache_that_would_not_fit_in_ram_goes_to_disk_with_a_notice(tmp_path: Path) -> None:
+def _three_sample_cases(tmp_path: Path) -> tuple[Any, list[Any]]:
+    """The sample-ct config pointed at a copy of three sample KiTS cases, and those cases."""
     root = tmp_path / "kits"
     for case in sorted((REPO / "sample_data" / "kits").iterdir())[:3]:
         shutil.copytree(case, root / case.name)
     raw = yaml.safe_load((REPO / "pipelines" / "sample-ct.yaml").read_text())
     cfg = config_from_dict({**raw, "data": {**raw["data"], "root": str(root)}})
     cases = list(load_dataset(root, "auto").cases)
+    return cfg, cases
+
+
+def test_a_cache_that_would_not_fit_in_ram_goes_to_disk_with_a_notice(tmp_path: Path) -> None:
+    cfg, cases = _three_sample_cases(tmp_path)
     need = cache_bytes(cfg, cases)
     # 3 cases of ~56 x 56 x 38 voxels at 1.6 x 1.6 x 2.5 mm, image + label in float32
     assert 3 * 56 * 56 * 36 * 8 * 0.8 < need < 3 * 56 * 56 * 40 * 8 * 1.25
@@ -44,12 +51,7 @@ def test_a_cache_that_would_not_fit_in_ram_goes_to_disk_with_a_notice(tmp_path: 
 
 
 def test_a_cache_that_fits_neither_ram_nor_disk_is_turned_off_with_a_notice(tmp_path: Path) -> None:
-    root = tmp_path / "kits"
-    for case in sorted((REPO / "sample_data" / "kits").iterdir())[:3]:
-        shutil.copytree(case, root / case.name)
-    raw = yaml.safe_load((REPO / "pipelines" / "sample-ct.yaml").read_text())
-    cfg = config_from_dict({**raw, "data": {**raw["data"], "root": str(root)}})
-    cases = list(load_dataset(root, "auto").cases)
+    cfg, cases = _three_sample_cases(tmp_path)
     small = tmp_path / "small"
     small.mkdir()
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],

@@ -109,16 +109,15 @@ def read_case(predictor: Any, job: Job, options: dict[str, Any]) -> Job:
         job.error = f"{predictor.checkpoint}: a classifier; classify with `medpipe infer` (predictions.csv)"
         return job
     case = job.case
-    if case.remote is not None:
-        job = _guard(job, lambda: pull_series(case, job.folder / PULLED, options), "pulling the series")
-        if job.error:
-            return job
-        inp = InputCase(case.case_id, (), job.opened)
-    else:
-        inp = InputCase(case.case_id, tuple(Path(f) for f in case.files),
-                        Path(case.dicom_dir) if case.dicom_dir else None)
-    copts = _case_options(options)
-    job = _guard(job, lambda: open_case(predictor, inp, job.folder, copts, None), "reading the input")
+
+    def opened() -> Any:
+        # a DICOMweb case is pulled into the attempt's staging folder first, then read as a local DICOM folder
+        dicom_dir = pull_series(case, job.folder / PULLED, options) if case.remote is not None else (
+            Path(case.dicom_dir) if case.dicom_dir else None)
+        inp = InputCase(case.case_id, tuple(Path(f) for f in case.files), dicom_dir)
+        return open_case(predictor, inp, job.folder, _case_options(options), None)
+
+    job = _guard(job, opened, "reading the input")
     return _guard(job, lambda: prepare_case(predictor, job.opened), "preprocessing")
 
 

@@ -327,8 +327,7 @@ class Ledger:
     @contextlib.contextmanager
     def staging_dir(self, claim: Claim) -> Iterator[Path]:
         """A private folder for one attempt's outputs; removed afterwards, whatever happens."""
-        folder = self.staging / f"{claim.case_id}.{claim.token}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.staging_dir_for(claim)
         try:
             yield folder
         finally:

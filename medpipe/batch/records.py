@@ -67,11 +67,6 @@ class BatchCase:
                    RemoteSeries.from_json(remote) if isinstance(remote, dict) else None)
 
     @property
-    def is_dicom(self) -> bool:
-        """A DICOM series (a local folder or a DICOMweb reference), so DICOM outputs can reference it."""
-        return self.dicom_dir is not None or self.remote is not None
-
-    @property
     def source(self) -> str:
         """What to name in messages: the first input file, the DICOM folder, or the server and study."""
         if self.remote is not None:

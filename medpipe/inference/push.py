@@ -17,7 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from medpipe.errors import ConfigError, MedpipeError
-from medpipe.inference.sidecar import CasePush, read_sidecar
+from medpipe.inference.sidecar import CasePush, InferenceSidecar, read_sidecar
 from medpipe.io.atomic import write_json_atomic
 from medpipe.io.dicomweb import DicomwebOptions, push
 from medpipe.io.dicomweb.auth import check_url, resolve_credentials, server_name
@@ -54,19 +54,21 @@ def push_case(out_dir: Path, case_id: str, target: PushTarget) -> CasePush:
     seg = out_dir / f"{case_id}{SEG_SUFFIX}"
     side = out_dir / f"{case_id}.json"
     server = server_name(target.url)
+    record = read_sidecar(side)  # read once: what was pushed before, what the SEG writer derived
     if not seg.is_file():
         outcome = CasePush(server, seg.name, "failed", reason=f"no {seg.name} was written to push "
                                                                "(--push needs --format dicom-seg)")
-    elif (done := _already_pushed(side, seg, server)) is not None:
+    elif (done := _already_pushed(record, seg, server)) is not None:
         return done
-    elif missing := _source_uids_missing(side):
+    elif missing := _source_uids_missing(record):
         outcome = CasePush(server, seg.name, "failed", reason=(
             f"the source images have no {' or '.join(missing)}, so the SEG (which carries UIDs medpipe derived) "
             "cannot join the source study on the server; not sent. Give the source images their UIDs and re-run, "
             "or send the SEG on purpose with medpipe push"))
     else:
         outcome = _push(seg, server, target)
-    _record(side, outcome)
+    if record is not None:  # a case without a sidecar has nothing to add the outcome to
+        write_json_atomic(side, replace(record, dicomweb_push=outcome).to_json())
     return outcome
 
 
@@ -80,16 +82,14 @@ def _push(seg: Path, server: str, target: PushTarget) -> CasePush:
                     inst.study_uid, inst.series_uid, inst.reason)
 
 
-def _source_uids_missing(side: Path) -> list[str]:
+def _source_uids_missing(record: InferenceSidecar | None) -> list[str]:
     """Study/Series Instance UIDs the source series lacked (the SEG writer derived them), from the sidecar."""
-    record = read_sidecar(side)
     written = record.dicom_outputs.get("dicom-seg") if record is not None else None
     derived = written.extra.get("derived_uids", []) if written is not None else []
     return [k for k in ("StudyInstanceUID", "SeriesInstanceUID") if k in derived]
 
 
-def _already_pushed(side: Path, seg: Path, server: str) -> CasePush | None:
-    record = read_sidecar(side)
+def _already_pushed(record: InferenceSidecar | None, seg: Path, server: str) -> CasePush | None:
     prior = record.dicomweb_push if record is not None else None
     if prior is None:
         return None
@@ -101,10 +101,3 @@ def _already_pushed(side: Path, seg: Path, server: str) -> CasePush | None:
         return CasePush(server, seg.name, "ok", sop, prior.study_uid, prior.series_uid)
     return None
 
-
-def _record(side: Path, outcome: CasePush) -> None:
-    """Add the outcome to the case's sidecar (rewritten atomically); a case without a sidecar has nothing to add to."""
-    record = read_sidecar(side)
-    if record is None:
-        return
-    write_json_atomic(side, replace(record, dicomweb_push=outcome).to_json())

@@ -59,11 +59,17 @@ class CaseQC:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CaseQC:
+        def optional(v: Any) -> float | None:
+            return None if v is None else float(v)
+
         labels = []
         for key, rec in data["labels"].items():
             rng = rec.get("training_volume_ml")
-            labels.append(LabelQC(value=int(key), **{**rec, "training_volume_ml": tuple(rng) if rng else None}))
-        return cls(tuple(labels), tuple(data.get("reasons", ())), data.get("format", QC_FORMAT))
+            labels.append(LabelQC(int(key), str(rec["name"]), float(rec["volume_ml"]), int(rec["components"]),
+                                  bool(rec["touches_border"]), optional(rec.get("max_probability")),
+                                  optional(rec.get("mean_uncertainty")), optional(rec.get("mean_mutual_information")),
+                                  (float(rng[0]), float(rng[1])) if rng else None))
+        return cls(tuple(labels), tuple(str(r) for r in data.get("reasons", ())), str(data.get("format", QC_FORMAT)))
 
     def summary(self) -> dict[str, Any]:
         """Flat columns for the batch table: review, reasons, volume per label."""
